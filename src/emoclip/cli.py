@@ -1,0 +1,199 @@
+"""The ``emoclip`` command line.
+
+Every command is a thin layer over the Python API (``load_backbone``, ``load_taxonomy``,
+``ZeroShotClassifier``, ``Tagger``): the CLI parses options, prints progress on a terminal only,
+and turns ``EmoclipError`` into a one-line message with exit status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+import click
+
+from .errors import EmoclipError
+
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("emoclip")
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("emoclip: %(levelname)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.CRITICAL)  # open_clip logs on root
+
+
+def backbone_options(func: Callable) -> Callable:
+    """--model / --pretrained / --device, shared by every command that loads CLIP."""
+    options = [
+        click.option("--model", default="ViT-B-32", show_default=True, envvar="EMOCLIP_MODEL",
+                     help="open_clip architecture name (`emoclip models` lists them; `tiny` is for tests)."),
+        click.option("--pretrained", default="openai", show_default=True, envvar="EMOCLIP_PRETRAINED",
+                     help="open_clip pretrained tag (downloaded on first use), a local weights file "
+                          "(.pt/.pth/.bin/.safetensors), or `random` (benchmarks only). "
+                          "Env: EMOCLIP_PRETRAINED."),
+        click.option("--device", default="auto", show_default=True, envvar="EMOCLIP_DEVICE",
+                     help="auto, cpu, cuda or cuda:N."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def taxonomy_options(func: Callable) -> Callable:
+    options = [
+        click.option("--taxonomy", "-t", default="mikels8", show_default=True,
+                     help="Built-in taxonomy name (`emoclip taxonomies`) or a YAML/TOML/JSON taxonomy file."),
+        click.option("--labels", default=None,
+                     help="Your own comma-separated labels instead of a taxonomy, e.g. calm,tense,joyful."),
+        click.option("--templates", default=None,
+                     help="Prompt template set (`emoclip templates`), a file of templates, or one template "
+                          "with {}; default: 'a photo seems to express a feeling of {}'."),
+        click.option("--synonyms/--no-synonyms", default=False, show_default=True,
+                     help="Average prompts over each class's synonyms too."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _taxonomy(taxonomy: str, labels: str | None):
+    from .taxonomy import load_taxonomy, taxonomy_from_labels
+
+    return taxonomy_from_labels(labels.split(",")) if labels else load_taxonomy(taxonomy)
+
+
+def _handle_errors(func: Callable) -> Callable:
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except EmoclipError as exc:
+            click.echo(f"emoclip: error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--verbose", "-v", is_flag=True, help="Log what happens (weights, cache, timings).")
+@click.version_option(package_name="emoclip")
+def main(verbose: bool) -> None:
+    """emoclip: tag images with the emotions they evoke, using CLIP."""
+    _setup_logging(verbose)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@taxonomy_options
+@backbone_options
+@click.option("--top-k", "-k", default=3, show_default=True, type=click.IntRange(min=1),
+              help="How many top labels to list per image.")
+@click.option("--also", "also", multiple=True,
+              help="Coarser level to add (e.g. polarity); default: every level the taxonomy maps into.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "json", "csv", "parquet"]), default=None,
+              help="Output format; default: from the --output suffix, else jsonl.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write to this file (atomically: it appears only when the run completes); default stdout.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Decoding threads (default: CPUs).")
+@click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(min=1),
+              help="Refuse larger images as possible decompression bombs.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
+@_handle_errors
+def predict(paths, taxonomy, labels, templates, synonyms, model, pretrained, device, top_k, also, fmt, output,
+            batch_size, workers, max_pixels, progress) -> None:
+    """Tag images (files, folders searched recursively, or globs) with emotions.
+
+    One row per image: the top label, its probability, the top-k labels, the full distribution and
+    the coarser levels' distributions. Files that cannot be decoded get a row with an error; the
+    exit status is then 1, after every other row is written.
+    """
+    from tqdm import tqdm
+
+    from .backbone import load_backbone
+    from .data.files import collect_images
+    from .output import choose_format, open_writer
+    from .predict import Tagger
+    from .zeroshot import ZeroShotClassifier
+
+    started = time.perf_counter()
+    tax = _taxonomy(taxonomy, labels)
+    fmt = choose_format(fmt, output)
+    images = collect_images(paths)
+    backbone = load_backbone(model, pretrained, device)
+    classifier = ZeroShotClassifier(backbone, tax, templates, synonyms)
+    tagger = Tagger(backbone, classifier, top_k=top_k, coarse_levels=list(also) if also else None,
+                    batch_size=batch_size, workers=workers, max_pixels=max_pixels)
+    levels = {name: tax.find_ancestor(name).names for name in tagger.coarse_levels}
+    failed = 0
+    bar = tqdm(total=len(images), unit="img", disable=None if progress is None else not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    with bar, open_writer(fmt, output, tax.names, levels) as writer:
+        for row in tagger.tag(images):
+            writer.write(row)
+            failed += not row.ok
+            bar.update(1)
+    seconds = time.perf_counter() - started
+    log.info("tagged %d images in %.1f s", len(images), seconds)
+    if failed:
+        click.echo(f"emoclip: {failed} of {len(images)} files could not be read; their rows carry the "
+                   "reason in 'error'", err=True)
+        sys.exit(EXIT_SOME_FAILED)
+
+
+@main.command()
+@click.argument("name", required=False)
+@_handle_errors
+def taxonomies(name: str | None) -> None:
+    """List the built-in taxonomies, or show one (classes, parents, synonyms)."""
+    from .taxonomy import builtin_taxonomies, load_taxonomy
+
+    if name is None:
+        for tax_name in builtin_taxonomies():
+            tax = load_taxonomy(tax_name)
+            parent = f" → {tax.parent.name}" if tax.parent else ""
+            click.echo(f"{tax_name:<12} {len(tax):>3} classes{parent:<14} {tax.description}")
+        return
+    tax = load_taxonomy(name)
+    click.echo(f"{tax.name}: {tax.description}")
+    for cls in tax.classes:
+        parent = f" → {cls.parent}" if cls.parent else ""
+        syn = f"  ({', '.join(cls.synonyms)})" if cls.synonyms else ""
+        click.echo(f"  {cls.name}{parent}{syn}")
+
+
+@main.command()
+def templates() -> None:
+    """List the built-in prompt template sets."""
+    from .prompts import template_sets
+
+    for name, items in template_sets().items():
+        click.echo(f"{name}:")
+        for t in items:
+            click.echo(f"  {t}")
+
+
+@main.command()
+@click.option("--pretrained-tags", is_flag=True, help="Also list each model's pretrained tags.")
+def models(pretrained_tags: bool) -> None:
+    """List the CLIP architectures open_clip knows (and emoclip's `tiny`)."""
+    import open_clip
+
+    from .backbone import available_models
+
+    for name in available_models():
+        tags = open_clip.list_pretrained_tags_by_model(name) if pretrained_tags else []
+        click.echo(f"{name}  {' '.join(tags)}".rstrip())
+
+
+if __name__ == "__main__":
+    main()

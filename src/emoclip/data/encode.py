@@ -1,0 +1,80 @@
+"""Images → normalised CLIP features, in batches, with decoding in parallel and errors kept per file.
+
+Decoding and preprocessing run in a thread pool (Pillow releases the GIL while decoding and
+resizing) a batch ahead of the model, so the encoder rarely waits. A file that cannot be decoded
+becomes an error entry in its batch; it never stops the others.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..backbone import Backbone
+from ..errors import ImageDecodeError
+from .images import DEFAULT_MAX_PIXELS, load_rgb
+
+DEFAULT_BATCH_SIZE = 32
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass
+class EncodedBatch:
+    """One batch: ``features[i]`` belongs to ``paths[ok[i]]``; ``errors`` maps a path index to a reason."""
+
+    paths: list[Path]
+    features: torch.Tensor
+    ok: list[int]
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def _decode(backbone: Backbone, path: Path, max_pixels: int | None) -> torch.Tensor | str:
+    try:
+        return backbone.preprocess(load_rgb(path, max_pixels))
+    except ImageDecodeError as exc:
+        return str(exc)
+    except Exception as exc:  # one unexpected failure must not sink the batch
+        return f"cannot process image: {type(exc).__name__}: {exc}"
+
+
+def _batches(items: Sequence[Path], size: int) -> Iterator[list[Path]]:
+    for start in range(0, len(items), size):
+        yield list(items[start:start + size])
+
+
+def iter_encoded(backbone: Backbone, paths: Iterable[str | Path], batch_size: int = DEFAULT_BATCH_SIZE,
+                 workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                 ) -> Iterator[EncodedBatch]:
+    """Yield ``EncodedBatch``es in input order; decoding of the next batch overlaps encoding."""
+    items = [Path(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="decode") as pool:
+        pending: deque[tuple[list[Path], list[Future]]] = deque()
+        batches = _batches(items, batch_size)
+
+        def submit_next() -> None:
+            batch = next(batches, None)
+            if batch is not None:
+                pending.append((batch, [pool.submit(_decode, backbone, p, max_pixels) for p in batch]))
+
+        submit_next()
+        submit_next()
+        while pending:
+            batch, futures = pending.popleft()
+            submit_next()
+            decoded = [f.result() for f in futures]
+            ok = [i for i, d in enumerate(decoded) if isinstance(d, torch.Tensor)]
+            errors = {i: d for i, d in enumerate(decoded) if isinstance(d, str)}
+            if ok:
+                features = backbone.encode_pixels(torch.stack([decoded[i] for i in ok]))
+            else:
+                features = torch.empty(0, backbone.feature_dim)
+            yield EncodedBatch(batch, features, ok, errors)

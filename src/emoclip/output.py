@@ -1,0 +1,169 @@
+"""Writing predictions as JSON Lines, JSON, CSV or Parquet, to a file (atomically) or to stdout.
+
+Formats are a registry: each writer gets the rows one at a time, so JSONL and CSV stream to the
+terminal as images are tagged; a file target is written through ``atomic_write`` and appears only
+when the run finishes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+from .atomic import atomic_write
+from .errors import EmoclipError
+from .predict import Prediction
+
+PROBABILITY_DIGITS = 6
+
+
+def prediction_record(pred: Prediction) -> dict:
+    """The JSON form of a prediction row."""
+    def rounded(d: dict[str, float]) -> dict[str, float]:
+        return {k: round(v, PROBABILITY_DIGITS) for k, v in d.items()}
+
+    record: dict = {"path": pred.path, "label": pred.label,
+                    "probability": None if pred.probability is None else round(pred.probability, PROBABILITY_DIGITS),
+                    "top_k": [{"label": lbl, "probability": round(p, PROBABILITY_DIGITS)} for lbl, p in pred.top_k],
+                    "distribution": rounded(pred.distribution)}
+    for level, dist in pred.levels.items():
+        best = max(dist, key=dist.__getitem__)
+        record[level] = {"label": best, "probability": round(dist[best], PROBABILITY_DIGITS),
+                         "distribution": rounded(dist)}
+    record["error"] = pred.error
+    return record
+
+
+class RowWriter:
+    """Base writer: receives predictions one by one; ``finish`` completes the document."""
+
+    binary = False
+
+    def __init__(self, handle: IO, class_names: Sequence[str], levels: dict[str, Sequence[str]]) -> None:
+        self.handle = handle
+        self.class_names = list(class_names)
+        self.levels = levels
+
+    def write(self, pred: Prediction) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called once after the last row (not on failure)."""
+
+
+class JsonlWriter(RowWriter):
+    def write(self, pred: Prediction) -> None:
+        self.handle.write(json.dumps(prediction_record(pred), ensure_ascii=False) + "\n")
+        self.handle.flush()
+
+
+class JsonWriter(RowWriter):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.count = 0
+        self.handle.write("[")
+
+    def write(self, pred: Prediction) -> None:
+        self.handle.write(("," if self.count else "") + "\n  " + json.dumps(prediction_record(pred),
+                                                                            ensure_ascii=False))
+        self.count += 1
+
+    def finish(self) -> None:
+        self.handle.write("\n]\n" if self.count else "]\n")
+
+
+def flat_row(pred: Prediction, class_names: Sequence[str], levels: dict[str, Sequence[str]]) -> dict:
+    """One flat row (CSV and Parquet): label, probability, top-k, one column per class and level."""
+    def fmt(p: float | None) -> float | None:
+        return None if p is None else round(p, PROBABILITY_DIGITS)
+
+    row: dict = {"path": pred.path, "label": pred.label or "", "probability": fmt(pred.probability),
+                 "top_k": "|".join(f"{lbl}:{p:.4f}" for lbl, p in pred.top_k)}
+    row.update({f"p_{c}": fmt(pred.distribution.get(c)) for c in class_names})
+    for level, names in levels.items():
+        dist = pred.levels.get(level, {})
+        row[f"{level}_label"] = max(dist, key=dist.__getitem__) if dist else ""
+        row.update({f"{level}_p_{c}": fmt(dist.get(c)) for c in names})
+    row["error"] = pred.error or ""
+    return row
+
+
+class CsvWriter(RowWriter):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        empty = flat_row(Prediction(path=""), self.class_names, self.levels)
+        self.writer = csv.DictWriter(self.handle, fieldnames=list(empty), lineterminator="\n")
+        self.writer.writeheader()
+
+    def write(self, pred: Prediction) -> None:
+        row = flat_row(pred, self.class_names, self.levels)
+        self.writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        self.handle.flush()
+
+
+class ParquetWriter(RowWriter):
+    """Collects rows and writes one Parquet table at the end (needs pyarrow: pip install 'emoclip[parquet]')."""
+
+    binary = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise EmoclipError("--format parquet needs pyarrow; install it with: pip install 'emoclip[parquet]'"
+                               ) from None
+        self.rows: list[dict] = []
+
+    def write(self, pred: Prediction) -> None:
+        self.rows.append(flat_row(pred, self.class_names, self.levels))
+
+    def finish(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(self.rows), self.handle)
+
+
+WRITERS: dict[str, Callable[..., RowWriter]] = {
+    "jsonl": JsonlWriter, "json": JsonWriter, "csv": CsvWriter, "parquet": ParquetWriter,
+}
+_SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def choose_format(fmt: str | None, output: str | Path | None) -> str:
+    """The explicit format, else the output file's suffix, else JSON Lines."""
+    if fmt:
+        if fmt not in WRITERS:
+            raise EmoclipError(f"unknown format '{fmt}'; use one of {', '.join(WRITERS)}")
+        return fmt
+    if output is not None:
+        suffix = Path(output).suffix.lower()
+        if suffix in _SUFFIX_FORMATS:
+            return _SUFFIX_FORMATS[suffix]
+    return "jsonl"
+
+
+@contextlib.contextmanager
+def open_writer(fmt: str, output: str | Path | None, class_names: Sequence[str],
+                levels: dict[str, Sequence[str]]) -> Iterator[RowWriter]:
+    """A writer to ``output`` (atomic) or stdout; the document is completed only on success."""
+    factory = WRITERS[fmt]
+    if output is None or str(output) == "-":
+        if getattr(factory, "binary", False):
+            raise EmoclipError(f"--format {fmt} is binary; give --output FILE")
+        writer = factory(sys.stdout, class_names, levels)
+        yield writer
+        writer.finish()
+        sys.stdout.flush()
+        return
+    mode = "wb" if getattr(factory, "binary", False) else "w"
+    with atomic_write(output, mode, newline="" if mode == "w" else None) as handle:
+        writer = factory(handle, class_names, levels)
+        yield writer
+        writer.finish()

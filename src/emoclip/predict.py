@@ -1,0 +1,91 @@
+"""Tagging images: one code path for the Python API, the CLI and (later) the service.
+
+``Tagger`` combines a backbone with any classifier (zero-shot or a trained method) and turns image
+paths into ``Prediction`` rows: the top label, its probability, the full distribution, and the
+distributions of coarser levels (e.g. Mikels' 8 → polarity). Undecodable files become rows with an
+``error`` and no label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from .backbone import Backbone
+from .data.encode import DEFAULT_BATCH_SIZE, iter_encoded
+from .data.images import DEFAULT_MAX_PIXELS
+from .distribution import LevelProbabilities, coarsen, softmax
+from .taxonomy import Taxonomy
+
+
+class Classifier(Protocol):
+    """What tagging needs from a method: a taxonomy and logits for normalised image features."""
+
+    taxonomy: Taxonomy
+
+    def logits(self, image_features: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class Prediction:
+    """The result for one image; ``error`` is set (and the rest empty) when it could not be read."""
+
+    path: str
+    label: str | None = None
+    probability: float | None = None
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    distribution: dict[str, float] = field(default_factory=dict)
+    levels: dict[str, dict[str, float]] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Tagger:
+    """Tags image files with emotions using ``classifier`` on ``backbone`` features."""
+
+    def __init__(self, backbone: Backbone, classifier: Classifier, top_k: int = 3,
+                 coarse_levels: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        self.backbone = backbone
+        self.classifier = classifier
+        self.top_k = max(1, top_k)
+        taxonomy = classifier.taxonomy
+        levels = [t.name for t in taxonomy.ancestors()] if coarse_levels is None else list(coarse_levels)
+        for name in levels:
+            taxonomy.find_ancestor(name)  # fail early on a level the taxonomy does not map into
+        self.coarse_levels = levels
+        self.batch_size = batch_size
+        self.workers = workers
+        self.max_pixels = max_pixels
+
+    @property
+    def taxonomy(self) -> Taxonomy:
+        return self.classifier.taxonomy
+
+    def predict_features(self, features: torch.Tensor, paths: Sequence[str]) -> list[Prediction]:
+        """Predictions for already-encoded, normalised image features."""
+        fine = LevelProbabilities(self.taxonomy, softmax(self.classifier.logits(features)))
+        coarse = {name: coarsen(fine, name) for name in self.coarse_levels}
+        rows = []
+        for i, path in enumerate(paths):
+            top = fine.top_k(i, self.top_k)
+            rows.append(Prediction(path=path, label=top[0][0], probability=top[0][1], top_k=top,
+                                   distribution=fine.as_dict(i),
+                                   levels={name: lvl.as_dict(i) for name, lvl in coarse.items()}))
+        return rows
+
+    def tag(self, paths: Iterable[str | Path]) -> Iterator[Prediction]:
+        """Yield one ``Prediction`` per path, in input order."""
+        for batch in iter_encoded(self.backbone, paths, self.batch_size, self.workers, self.max_pixels):
+            good = self.predict_features(batch.features, [str(batch.paths[i]) for i in batch.ok]) \
+                if batch.ok else []
+            by_index = dict(zip(batch.ok, good, strict=True))
+            for i, path in enumerate(batch.paths):
+                yield by_index.get(i) or Prediction(path=str(path), error=batch.errors.get(i, "unknown error"))

@@ -1,0 +1,76 @@
+"""Shared fixtures: a tiny random-weight CLIP (offline, fast) and a folder of awkward images."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emoclip.backbone import load_backbone
+
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+EMOTION6 = Path(os.environ.get("EMOCLIP_EMOTION6", SHARED_DATASETS / "emotion6"))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The tiny architecture with seeded random weights, on the CPU."""
+    return load_backbone("tiny", "random", "cpu")
+
+
+def noise_image(width: int = 96, height: int = 64, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "L": 1}[mode]
+    array = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
+    return Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode=mode)
+
+
+def make_awkward_images(folder: Path) -> dict[str, Path]:
+    """Files a real collection contains; the names say what each one is."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+
+    def path(name: str) -> Path:
+        files[name.split(".")[0]] = folder / name
+        return folder / name
+
+    noise_image(seed=1).save(path("good.jpg"), quality=90)
+    jpeg = io.BytesIO()
+    noise_image(400, 300, seed=2).save(jpeg, format="JPEG", quality=95)
+    path("truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    path("zero_bytes.jpg").write_bytes(b"")
+    path("not_an_image.jpg").write_text("this is a text file, not a photo\n")
+    noise_image(seed=3).save(path("png_named_jpg.jpg"), format="PNG")
+    noise_image(seed=4).convert("P").save(path("gif_named_jpg.jpg"), format="GIF")
+    noise_image(seed=5).convert("CMYK").save(path("cmyk.jpg"), format="JPEG")
+    deep = np.full((40, 50), 32768, dtype=np.uint16)
+    deep[:, :25] = 65535
+    Image.fromarray(deep).save(path("sixteen_bit.png"))
+    palette = Image.new("P", (40, 30), 0)
+    palette.putpalette([255, 0, 0] + [0, 0, 0] * 255)
+    palette.info["transparency"] = 0
+    palette.save(path("palette_alpha.png"), transparency=0)
+    rotated = noise_image(80, 40, seed=6)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
+    rotated.save(path("exif_rotated.jpg"), exif=exif)
+    Image.new("1", (10_000, 10_000)).save(path("bomb.png"), optimize=True)
+    return files
+
+
+@pytest.fixture(scope="session")
+def awkward_images(tmp_path_factory) -> dict[str, Path]:
+    return make_awkward_images(tmp_path_factory.mktemp("awkward"))
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    (folder / "nested").mkdir()
+    for i in range(5):
+        noise_image(seed=10 + i).save(folder / ("nested" if i % 2 else "") / f"photo{i}.jpg")
+    return folder
