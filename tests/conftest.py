@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,9 @@ from PIL import Image
 from emoclip.backbone import load_backbone
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+# Tests never touch the user's feature cache; subprocesses inherit this.
+os.environ["EMOCLIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="emoclip-test-cache-")
+
 EMOTION6 = Path(os.environ.get("EMOCLIP_EMOTION6", SHARED_DATASETS / "emotion6"))
 
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from emoclip.atomic import atomic_write
 from emoclip.cli import main
 
-TINY = ["--model", "tiny", "--pretrained", "random", "--device", "cpu"]
+TINY = ["--model", "tiny", "--pretrained", "random", "--device", "cpu", "--no-cache"]
 
 
 def run(*args: str):

@@ -49,6 +49,20 @@ def backbone_options(func: Callable) -> Callable:
     return func
 
 
+def cache_options(func: Callable) -> Callable:
+    """--cache-dir / --no-cache, shared by every command that encodes images."""
+    func = click.option("--no-cache", is_flag=True, help="Do not read or write the feature cache.")(func)
+    return click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="EMOCLIP_CACHE_DIR",
+                        help="Feature cache folder (default ~/.cache/emoclip/features; env EMOCLIP_CACHE_DIR)."
+                        )(func)
+
+
+def _open_cache(backbone, cache_dir: str | None, no_cache: bool):
+    from .data.cache import FeatureCache, default_cache_dir
+
+    return None if no_cache else FeatureCache(cache_dir or default_cache_dir(), backbone)
+
+
 def taxonomy_options(func: Callable) -> Callable:
     options = [
         click.option("--taxonomy", "-t", default="mikels8", show_default=True,
@@ -95,6 +109,7 @@ def main(verbose: bool) -> None:
 @click.argument("paths", nargs=-1, required=True)
 @taxonomy_options
 @backbone_options
+@cache_options
 @click.option("--top-k", "-k", default=3, show_default=True, type=click.IntRange(min=1),
               help="How many top labels to list per image.")
 @click.option("--also", "also", multiple=True,
@@ -109,8 +124,8 @@ def main(verbose: bool) -> None:
               help="Refuse larger images as possible decompression bombs.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
 @_handle_errors
-def predict(paths, taxonomy, labels, templates, synonyms, model, pretrained, device, top_k, also, fmt, output,
-            batch_size, workers, max_pixels, progress) -> None:
+def predict(paths, taxonomy, labels, templates, synonyms, model, pretrained, device, cache_dir, no_cache, top_k, also,
+            fmt, output, batch_size, workers, max_pixels, progress) -> None:
     """Tag images (files, folders searched recursively, or globs) with emotions.
 
     One row per image: the top label, its probability, the top-k labels, the full distribution and
@@ -132,22 +147,147 @@ def predict(paths, taxonomy, labels, templates, synonyms, model, pretrained, dev
     backbone = load_backbone(model, pretrained, device)
     classifier = ZeroShotClassifier(backbone, tax, templates, synonyms)
     tagger = Tagger(backbone, classifier, top_k=top_k, coarse_levels=list(also) if also else None,
-                    batch_size=batch_size, workers=workers, max_pixels=max_pixels)
+                    batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                    cache=_open_cache(backbone, cache_dir, no_cache))
     levels = {name: tax.find_ancestor(name).names for name in tagger.coarse_levels}
     failed = 0
     bar = tqdm(total=len(images), unit="img", disable=None if progress is None else not progress,
                file=sys.stderr, dynamic_ncols=True)
     with bar, open_writer(fmt, output, tax.names, levels) as writer:
-        for row in tagger.tag(images):
+        for row in tagger.tag(images, progress=bar.update):
             writer.write(row)
             failed += not row.ok
-            bar.update(1)
     seconds = time.perf_counter() - started
     log.info("tagged %d images in %.1f s", len(images), seconds)
     if failed:
         click.echo(f"emoclip: {failed} of {len(images)} files could not be read; their rows carry the "
                    "reason in 'error'", err=True)
         sys.exit(EXIT_SOME_FAILED)
+
+
+def dataset_options(func: Callable) -> Callable:
+    """Where the labelled data is: shared by evaluate and train."""
+    options = [
+        click.option("--root", type=click.Path(file_okay=False), default=None,
+                     help="Image folder (paths in split files and manifests are relative to it)."),
+        click.option("--split-file", type=click.Path(dir_okay=False), default=None,
+                     help="CSV/TSV with image, label, split columns (e.g. emotion6/split_70_30.tsv)."),
+        click.option("--manifest", "manifests", multiple=True, type=click.Path(dir_okay=False),
+                     help="JSON manifest(s), EmoSet style (repeatable)."),
+        click.option("--layout", type=click.Choice(["folders", "split-file", "split-folders", "kfold", "manifest"]),
+                     default=None, help="Data layout; default: inferred."),
+        click.option("--fold", type=int, default=None, help="k-fold layouts: the test fold (others train)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _dataset(root, split_file, manifests, layout, fold):
+    from .data.dataset import open_dataset
+
+    return open_dataset(root, split_file, manifests, layout, fold)
+
+
+@main.command()
+@dataset_options
+@click.option("--split", default="test", show_default=True, help="Which split to score (`all` for every image).")
+@taxonomy_options
+@click.option("--label-taxonomy", default=None,
+              help="Taxonomy of the dataset's labels when it differs from the model's (cross-dataset).")
+@click.option("--via", type=click.Choice(["parent", "prompts"]), default="parent", show_default=True,
+              help="Cross-taxonomy: map predictions up through parents, or prompt directly with the label "
+                   "taxonomy (zero-shot).")
+@click.option("--also", multiple=True, help="Also score at this coarser level (e.g. polarity); repeatable.")
+@backbone_options
+@cache_options
+@click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run folder to write.")
+@click.option("--name", default=None, help="Row label in `emoclip aggregate` (default: the method).")
+@click.option("--seed", default=0, show_default=True, help="Recorded with the run (aggregate groups seeds).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=None, type=click.IntRange(min=1))
+@click.option("--mistakes", default=12, show_default=True, help="Thumbnails of the most confident mistakes.")
+@_handle_errors
+def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, labels, templates, synonyms,
+             label_taxonomy, via, also, model, pretrained, device, cache_dir, no_cache, out, name, seed, batch_size,
+             workers, mistakes) -> None:
+    """Score a model on a dataset split; write metrics.json, plots and report.md to --out."""
+    from pathlib import Path
+
+    from .backbone import load_backbone
+    from .evaluate import evaluate as run_evaluation
+    from .report import write_run
+    from .taxonomy import load_taxonomy
+    from .zeroshot import ZeroShotClassifier
+
+    data = _dataset(root, split_file, manifests, layout, fold).split(split)
+    model_tax = _taxonomy(taxonomy, labels)
+    label_tax = load_taxonomy(label_taxonomy) if label_taxonomy else model_tax
+    if via == "prompts":
+        model_tax = label_tax
+    data.label_indices(label_tax)  # unknown labels fail before any encoding
+    backbone = load_backbone(model, pretrained, device)
+    classifier = ZeroShotClassifier(backbone, model_tax, templates, synonyms)
+    cache = _open_cache(backbone, cache_dir, no_cache)
+    result = run_evaluation(backbone, classifier, data, label_tax, also, cache, batch_size, workers)
+    run = {"name": name or "zeroshot", "method": classifier.describe(), "seed": seed,
+           "dataset": data.name, "split": split, "dataset_label": data.name.split(":")[0],
+           "backbone": backbone.identity(), "taxonomy": model_tax.name, "label_taxonomy": label_tax.name,
+           "via": via}
+    write_run(result, run, Path(out), mistakes)
+    m = result.metrics
+    coarse = "".join(f"  {lvl}-acc={100 * cm['accuracy']:.2f}" for lvl, cm in m["coarse"].items())
+    click.echo(f"{data.name}: n={m['n']} acc={100 * m['accuracy']:.2f} bal-acc={100 * m['balanced_accuracy']:.2f} "
+               f"macro-F1={100 * m['macro_f1']:.2f}{coarse}  (cache {m['cache']['hits']} hits, "
+               f"{m['cache']['misses']} misses; {m['seconds']['total']:.1f} s) → {out}")
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--metric", type=click.Choice(["accuracy", "balanced_accuracy", "macro_f1"]), default="accuracy",
+              show_default=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the table here (.md) and its figures beside it (.json).")
+@_handle_errors
+def aggregate(runs, metric, out) -> None:
+    """Mean ± std over runs (seeds) in the layout of the papers' tables."""
+    import json
+    from pathlib import Path
+
+    from .aggregate import aggregate as build
+    from .aggregate import load_runs, markdown_table
+    from .atomic import atomic_write_text
+
+    table = build(load_runs(runs), metric)
+    text = markdown_table(table, metric)
+    click.echo(text, nl=False)
+    if out:
+        atomic_write_text(out, text)
+        atomic_write_text(Path(out).with_suffix(".json"), json.dumps(table, indent=2) + "\n")
+
+
+@main.command("split")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@click.option("--ratios", default="0.7,0.3", show_default=True, help="Comma-separated split sizes.")
+@click.option("--names", default="train,test", show_default=True, help="Comma-separated split names.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="Split file to write (TSV).")
+@_handle_errors
+def split_command(root, ratios, names, seed, output) -> None:
+    """Make a deterministic stratified split of a class-folder dataset and write it as a split file."""
+    from collections import Counter
+    from pathlib import Path
+
+    from .data.dataset import open_dataset, stratified_split, write_split_file
+
+    try:
+        ratio_values = [float(r) for r in ratios.split(",")]
+    except ValueError:
+        raise EmoclipError(f"--ratios must be numbers separated by commas, got '{ratios}'") from None
+    data = stratified_split(open_dataset(root, layout="folders"), ratio_values, names.split(","), seed)
+    write_split_file(data, Path(output), Path(root))
+    counts = Counter(s.split for s in data.samples)
+    click.echo(f"{len(data)} images → " + ", ".join(f"{k}: {v}" for k, v in counts.items()) + f" → {output}")
 
 
 @main.command()

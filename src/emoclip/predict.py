@@ -8,15 +8,17 @@ distributions of coarser levels (e.g. Mikels' 8 → polarity). Undecodable files
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from .backbone import Backbone
-from .data.encode import DEFAULT_BATCH_SIZE, iter_encoded
+from .data.cache import FeatureCache, iter_features
+from .data.encode import DEFAULT_BATCH_SIZE
 from .data.images import DEFAULT_MAX_PIXELS
 from .distribution import LevelProbabilities, coarsen, softmax
 from .taxonomy import Taxonomy
@@ -52,7 +54,8 @@ class Tagger:
 
     def __init__(self, backbone: Backbone, classifier: Classifier, top_k: int = 3,
                  coarse_levels: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+                 workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 cache: FeatureCache | None = None) -> None:
         self.backbone = backbone
         self.classifier = classifier
         self.top_k = max(1, top_k)
@@ -64,6 +67,7 @@ class Tagger:
         self.batch_size = batch_size
         self.workers = workers
         self.max_pixels = max_pixels
+        self.cache = cache
 
     @property
     def taxonomy(self) -> Taxonomy:
@@ -81,11 +85,24 @@ class Tagger:
                                    levels={name: lvl.as_dict(i) for name, lvl in coarse.items()}))
         return rows
 
-    def tag(self, paths: Iterable[str | Path]) -> Iterator[Prediction]:
-        """Yield one ``Prediction`` per path, in input order."""
-        for batch in iter_encoded(self.backbone, paths, self.batch_size, self.workers, self.max_pixels):
-            good = self.predict_features(batch.features, [str(batch.paths[i]) for i in batch.ok]) \
-                if batch.ok else []
-            by_index = dict(zip(batch.ok, good, strict=True))
-            for i, path in enumerate(batch.paths):
-                yield by_index.get(i) or Prediction(path=str(path), error=batch.errors.get(i, "unknown error"))
+    def tag(self, paths: Iterable[str | Path], progress: Callable[[int], None] | None = None
+            ) -> Iterator[Prediction]:
+        """Yield one ``Prediction`` per path, in input order (features from the cache where present)."""
+        items = [Path(p) for p in paths]
+        pending: list[tuple[int, np.ndarray | None, str | None]] = []
+        stream = iter_features(self.backbone, items, self.cache, self.batch_size, self.workers, self.max_pixels,
+                               progress)
+        for entry in stream:
+            pending.append(entry)
+            if len(pending) >= self.batch_size:
+                yield from self._classify(items, pending)
+                pending = []
+        yield from self._classify(items, pending)
+
+    def _classify(self, items: list[Path], entries: list[tuple[int, np.ndarray | None, str | None]]
+                  ) -> Iterator[Prediction]:
+        good = [(i, f) for i, f, _ in entries if f is not None]
+        rows = iter(self.predict_features(torch.from_numpy(np.stack([f for _, f in good])),
+                                          [str(items[i]) for i, _ in good]) if good else [])
+        for i, feature, error in entries:
+            yield next(rows) if feature is not None else Prediction(path=str(items[i]), error=error)

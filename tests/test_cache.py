@@ -1,0 +1,97 @@
+"""The feature cache: exact, invalidated by content and backbone, safe with concurrent writers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+from safetensors.torch import save_file
+
+from emoclip.backbone import load_backbone
+from emoclip.data.cache import FeatureCache, compute_features, content_digest
+from tests.conftest import noise_image
+
+
+def test_second_run_is_served_from_cache_with_identical_features(tiny, photo_folder, tmp_path):
+    paths = sorted(photo_folder.rglob("*.jpg"))
+    cold = compute_features(tiny, paths, FeatureCache(tmp_path, tiny))
+    warm = compute_features(tiny, paths, FeatureCache(tmp_path, tiny))
+    assert (cold.hits, cold.misses) == (0, 5) and (warm.hits, warm.misses) == (5, 0)
+    assert np.array_equal(cold.features, warm.features)
+    uncached = compute_features(tiny, paths, None)
+    assert np.array_equal(uncached.features, cold.features)
+
+
+def test_changed_file_is_re_encoded(tiny, tmp_path):
+    image = tmp_path / "img" / "a.jpg"
+    image.parent.mkdir()
+    noise_image(seed=1).save(image)
+    cache = FeatureCache(tmp_path / "cache", tiny)
+    before = compute_features(tiny, [image], cache)
+    noise_image(seed=2).save(image)  # same name, new content
+    after = compute_features(tiny, [image], cache)
+    assert after.misses == 1
+    assert not np.array_equal(before.features, after.features)
+    assert np.array_equal(after.features, compute_features(tiny, [image], None).features)
+
+
+def test_other_backbone_never_reads_these_features(tiny, photo_folder, tmp_path):
+    paths = sorted(photo_folder.rglob("*.jpg"))
+    compute_features(tiny, paths, FeatureCache(tmp_path, tiny))
+    state = {k: v.clone().contiguous() for k, v in tiny.model.state_dict().items()}
+    state["visual.proj"] += 0.01  # same architecture and preprocessing, other weights
+    save_file(state, str(tmp_path / "other.safetensors"))
+    other = load_backbone("tiny", str(tmp_path / "other.safetensors"), "cpu")
+    cache = FeatureCache(tmp_path, other)
+    assert cache.dir != FeatureCache(tmp_path, tiny).dir
+    table = compute_features(other, paths, cache)
+    assert table.misses == len(paths)
+    assert np.array_equal(table.features, compute_features(other, paths, None).features)
+
+
+def test_corrupt_or_partial_entries_are_misses(tiny, photo_folder, tmp_path):
+    paths = sorted(photo_folder.rglob("*.jpg"))[:2]
+    cache = FeatureCache(tmp_path, tiny)
+    compute_features(tiny, paths, cache)
+    entry = cache._entry(content_digest(paths[0]))
+    entry.write_bytes(entry.read_bytes()[:10])  # as if cut off mid-write by another tool
+    (entry.parent / f".{entry.stem}.123.tmp").write_bytes(b"\0" * 7)  # a killed writer's leftover
+    again = compute_features(tiny, paths, FeatureCache(tmp_path, tiny))
+    assert (again.hits, again.misses) == (1, 1)
+    assert np.array_equal(again.features, compute_features(tiny, paths, None).features)
+
+
+def test_two_processes_writing_at_once(tiny, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(24):
+        noise_image(seed=100 + i).save(folder / f"{i}.png")
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from emoclip.backbone import load_backbone
+        from emoclip.data.cache import FeatureCache, compute_features
+        b = load_backbone("tiny", "random", "cpu")
+        paths = sorted(Path({str(folder)!r}).glob("*.png"))
+        t = compute_features(b, paths, FeatureCache({str(tmp_path / "cache")!r}, b), batch_size=4)
+        assert t.ok.all()
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script]) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    paths = sorted(folder.glob("*.png"))
+    warm = compute_features(tiny, paths, FeatureCache(tmp_path / "cache", tiny))
+    assert warm.hits == len(paths)
+    assert np.array_equal(warm.features, compute_features(tiny, paths, None).features)
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_copied_file_is_a_hit(tiny, photo_folder, tmp_path):
+    source = sorted(photo_folder.rglob("*.jpg"))[0]
+    cache = FeatureCache(tmp_path / "cache", tiny)
+    compute_features(tiny, [source], cache)
+    copy = tmp_path / "copy.jpg"
+    shutil.copy(source, copy)
+    assert compute_features(tiny, [copy], cache).hits == 1
