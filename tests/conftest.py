@@ -26,6 +26,18 @@ def tiny():
     return load_backbone("tiny", "random", "cpu")
 
 
+@pytest.fixture(scope="session")
+def tiny_other(tiny, tmp_path_factory):
+    """The tiny architecture with other weights (loaded from a file): another backbone identity."""
+    from safetensors.torch import save_file
+
+    state = {k: v.clone().contiguous() for k, v in tiny.model.state_dict().items()}
+    state["visual.proj"] += 0.01
+    path = tmp_path_factory.mktemp("other") / "other.safetensors"
+    save_file(state, str(path))
+    return load_backbone("tiny", str(path), "cpu")
+
+
 def noise_image(width: int = 96, height: int = 64, seed: int = 0, mode: str = "RGB") -> Image.Image:
     rng = np.random.default_rng(seed)
     channels = {"RGB": 3, "L": 1}[mode]

@@ -110,7 +110,7 @@ class Backbone:
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts)).to(self.device)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: trained heads use these features in autograd
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised text features (N × D, float32, on the CPU) for ``texts``."""
         chunks = [self.model.encode_text(self.tokenize(texts[i:i + TEXT_BATCH])).float()

@@ -1,0 +1,116 @@
+"""The small interface every trainable method implements, and the registry that names them.
+
+A method is a ``torch.nn.Module`` holding only its own tensors (the backbone is kept outside its
+state, so a checkpoint is just the trained part). It maps normalised image features to logits
+over its taxonomy; ``train.py`` owns the loop. Methods register by name, the timm way::
+
+    @register_method("ptdpc")
+    class PTDPC(Method): ...
+
+and ``create_method(name, backbone, taxonomy, config)`` builds one; tests run every registered
+method through the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbone import Backbone
+from ..errors import EmoclipError
+from ..taxonomy import Taxonomy
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Base for method configs (dataclasses: every field is a documented, serialisable option)."""
+
+
+class Method(nn.Module):
+    """Base class: features → logits, a loss, and the defaults of its paper's training recipe."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    # The optimiser recipe of the method's paper; the trainer's defaults for it.
+    train_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, backbone: Backbone, taxonomy: Taxonomy, config: MethodConfig) -> None:
+        super().__init__()
+        object.__setattr__(self, "backbone", backbone)  # not a submodule: never trained, never saved
+        self.taxonomy = taxonomy
+        self.config = config
+
+    # -- what a method defines --------------------------------------------------------------------
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """N × C logits for N normalised image features (with gradients, for training)."""
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Training loss; plain cross-entropy unless a method says otherwise."""
+        return F.cross_entropy(logits, targets)
+
+    def fit_direct(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]
+                   ) -> dict | None:
+        """Methods with a closed-form or full-batch fit (the linear probe) do it here; None = use the loop."""
+        return None
+
+    # -- shared ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Inference logits (the ``Classifier`` protocol used by tagging and evaluation)."""
+        was_training = self.training
+        self.eval()
+        out = torch.cat([self(features[i:i + 256].float()) for i in range(0, len(features), 256)]) \
+            if len(features) else torch.empty(0, len(self.taxonomy))
+        self.train(was_training)
+        return out
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def describe(self) -> dict:
+        return {"method": self.name, **dataclasses.asdict(self.config)}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    def decorate(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY:
+            raise ValueError(f"method '{name}' is registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return decorate
+
+
+def list_methods() -> dict[str, type[Method]]:
+    from . import clipe, linear_probe, prompt  # noqa: F401 - registration happens on import
+
+    return dict(sorted(_REGISTRY.items()))
+
+
+def make_config(cls: type[Method], options: dict[str, Any] | None) -> MethodConfig:
+    """The method's config from a dict, refusing unknown keys with the list of known ones."""
+    options = dict(options or {})
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise EmoclipError(f"method '{cls.name}' has no option {', '.join(unknown)}; its options: "
+                           f"{', '.join(sorted(fields)) or 'none'}")
+    return cls.Config(**options)
+
+
+def create_method(name: str, backbone: Backbone, taxonomy: Taxonomy, options: dict[str, Any] | None = None
+                  ) -> Method:
+    methods = list_methods()
+    if name not in methods:
+        raise EmoclipError(f"unknown method '{name}'; `emoclip methods` lists them: {', '.join(methods)}")
+    cls = methods[name]
+    return cls(backbone, taxonomy, make_config(cls, options))

@@ -1,0 +1,174 @@
+"""CLIP-E heads on frozen image features.
+
+- ``clipe-ce``: feature → Dense 512 (ReLU) → classes, cross-entropy.
+- ``clipe-contrastive``: feature → Dense 512 (ReLU) → Dense D (linear), trained with CLIP's
+  symmetric contrastive loss against frozen text features of captions: the sentiment caption
+  (SC) "a photo that seems to express {emotion}", the same with each synonym (SSC), and optional
+  user-supplied image captions (IC, a CSV/TSV of image path and caption; no captioner runs
+  offline). Each step pairs every image with one of its captions, drawn from a seeded generator.
+  It predicts under **any** taxonomy given at inference: a class scores the best similarity among
+  its captions (synonyms count for their class), and when the taxonomy is coarser than the
+  training one, the fine classes' captions count for their parents too.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbone import Backbone
+from ..errors import EmoclipError
+from ..taxonomy import Taxonomy
+from .base import Method, MethodConfig, register_method
+
+SENTIMENT_CAPTION = "a photo that seems to express {}"
+
+
+@dataclasses.dataclass
+class ClipECEConfig(MethodConfig):
+    hidden: int = 512
+
+
+@register_method("clipe-ce")
+class ClipECrossEntropy(Method):
+    summary = "CLIP-E cross-entropy head: feature → 512 ReLU → classes"
+    Config = ClipECEConfig
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "optimizer": "adam", "lr": 1e-3, "scheduler": "plateau", "gamma": 0.1, "patience": 3, "epochs": 30,
+        "batch_size": 32}
+
+    def __init__(self, backbone: Backbone, taxonomy: Taxonomy, config: ClipECEConfig) -> None:
+        super().__init__(backbone, taxonomy, config)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(0)
+        self.head = nn.Sequential(nn.Linear(backbone.feature_dim, config.hidden), nn.ReLU(),
+                                  nn.Linear(config.hidden, len(taxonomy)))
+        torch.random.set_rng_state(generator_state)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features.float())
+
+
+@dataclasses.dataclass
+class ClipEContrastiveConfig(MethodConfig):
+    hidden: int = 512
+    caption: str = SENTIMENT_CAPTION      # SC; SSC uses the same caption with each synonym
+    synonyms: bool = True                 # include synonym captions (SSC)
+    image_captions: str = ""              # optional CSV/TSV: image path, caption (IC)
+    init_temperature: float = 0.07
+
+
+def read_image_captions(path: str) -> dict[str, str]:
+    """``image<TAB or comma>caption`` rows → {resolved image path: caption}."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise EmoclipError(f"image captions file {path} does not exist")
+    text = file.read_text(encoding="utf-8")
+    delimiter = "\t" if "\t" in text.splitlines()[0] else ","
+    rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if len(r) >= 2]
+    if rows and rows[0][0].strip().lower() in ("image", "path"):
+        rows = rows[1:]
+    return {str((file.parent / r[0].strip()).resolve()): r[1].strip() for r in rows}
+
+
+@register_method("clipe-contrastive")
+class ClipEContrastive(Method):
+    summary = "CLIP-E contrastive head: 512 ReLU → D, CLIP loss against caption features; any taxonomy"
+    Config = ClipEContrastiveConfig
+    train_defaults: ClassVar[dict[str, Any]] = {
+        "optimizer": "adam", "lr": 1e-3, "scheduler": "plateau", "gamma": 0.1, "patience": 3, "epochs": 30,
+        "batch_size": 8}
+
+    def __init__(self, backbone: Backbone, taxonomy: Taxonomy, config: ClipEContrastiveConfig) -> None:
+        super().__init__(backbone, taxonomy, config)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(0)
+        dim = backbone.feature_dim
+        self.head = nn.Sequential(nn.Linear(dim, config.hidden), nn.ReLU(), nn.Linear(config.hidden, dim))
+        torch.random.set_rng_state(generator_state)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+        texts, owners = self.captions_for(taxonomy)
+        self.register_buffer("caption_features", backbone.encode_texts(texts), persistent=False)
+        self.register_buffer("caption_class", torch.tensor(owners), persistent=False)
+        self.image_captions = read_image_captions(config.image_captions) if config.image_captions else {}
+        self._view_cache: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
+
+    def captions_for(self, target: Taxonomy) -> tuple[list[str], list[int]]:
+        """Captions and the ``target`` class each stands for (synonyms and finer classes included)."""
+        texts, owners = [], []
+        sources: list[tuple[Taxonomy, list[int]]] = [(target, list(range(len(target))))]
+        if target.name != self.taxonomy.name and target.name in {t.name for t in self.taxonomy.ancestors()}:
+            sources.append((self.taxonomy, self.taxonomy.mapping_to(target.name).tolist()))
+        for tax, owner in sources:
+            for cls, j in zip(tax.classes, owner, strict=True):
+                words = [cls.name, *(cls.synonyms if self.config.synonyms else ())]
+                texts += [self.config.caption.format(w) for w in words]
+                owners += [j] * len(words)
+        return texts, owners
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(features.float()), dim=-1)
+
+    def _class_scores(self, embedded: torch.Tensor, captions: torch.Tensor, owners: torch.Tensor, n_classes: int
+                      ) -> torch.Tensor:
+        sims = self.log_scale.exp().clamp(max=100.0) * embedded @ captions.T        # N × captions
+        scores = sims.new_full((sims.shape[0], n_classes), float("-inf"))
+        return scores.scatter_reduce(1, owners.expand_as(sims), sims, reduce="amax")
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self._class_scores(self.embed(features), self.caption_features, self.caption_class, len(self.taxonomy))
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, batch: dict) -> torch.Tensor:
+        """CLIP's symmetric contrastive loss between image embeddings and one caption per image."""
+        embedded = self.embed(batch["features"])
+        generator = batch["generator"]
+        chosen = []
+        for target in targets.tolist():
+            own = torch.nonzero(self.caption_class == target).flatten()
+            chosen.append(own[torch.randint(len(own), (1,), generator=generator)].item())
+        text = self.caption_features[chosen]
+        paths = batch.get("paths")
+        if self.image_captions and paths:
+            extra = [self.image_captions.get(str(Path(p).resolve())) for p in paths]
+            use = [i for i, c in enumerate(extra) if c and torch.rand(1, generator=generator).item() < 0.5]
+            if use:
+                text = text.clone()
+                text[use] = self.backbone.encode_texts([extra[i] for i in use]).to(text)
+        scale = self.log_scale.exp().clamp(max=100.0)
+        sims = scale * embedded @ text.T
+        labels = torch.arange(len(targets))
+        return (F.cross_entropy(sims, labels) + F.cross_entropy(sims.T, labels)) / 2
+
+    @torch.no_grad()
+    def logits_for(self, target: Taxonomy, features: torch.Tensor) -> torch.Tensor:
+        """Taxonomy-free inference: scores over ``target``'s classes."""
+        if target.name not in self._view_cache:
+            texts, owners = self.captions_for(target)
+            self._view_cache[target.name] = (self.backbone.encode_texts(texts), torch.tensor(owners), len(target))
+        captions, owners, n = self._view_cache[target.name]
+        return self._class_scores(self.embed(features), captions, owners, n)
+
+    def for_taxonomy(self, target: Taxonomy) -> TaxonomyView:
+        return TaxonomyView(self, target)
+
+
+class TaxonomyView:
+    """A contrastive CLIP-E model seen under another taxonomy (a ``Classifier`` for tagging/evaluation)."""
+
+    def __init__(self, method: ClipEContrastive, taxonomy: Taxonomy) -> None:
+        self.method = method
+        self.taxonomy = taxonomy
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        self.method.eval()
+        return self.method.logits_for(self.taxonomy, features)
+
+    def describe(self) -> dict:
+        return {**self.method.describe(), "inference_taxonomy": self.taxonomy.name}

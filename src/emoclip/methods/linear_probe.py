@@ -1,0 +1,66 @@
+"""Linear probe: multinomial logistic regression on frozen features, the CLIP paper's protocol.
+
+The L2 strength is swept over a log grid; each value is fitted full-batch with L-BFGS on the
+training part and scored on the validation part; the best is refitted on training + validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbone import Backbone
+from ..taxonomy import Taxonomy
+from .base import Method, MethodConfig, register_method
+
+
+@dataclasses.dataclass
+class LinearProbeConfig(MethodConfig):
+    l2_grid: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # λ · ‖W‖² added to the mean loss
+    max_iter: int = 200
+    l2: float = -1.0  # the chosen λ (set by fitting)
+
+
+@register_method("linear-probe")
+class LinearProbe(Method):
+    summary = "Linear probe: logistic regression, L2 strength chosen on validation"
+    Config = LinearProbeConfig
+
+    def __init__(self, backbone: Backbone, taxonomy: Taxonomy, config: LinearProbeConfig) -> None:
+        super().__init__(backbone, taxonomy, config)
+        self.linear = nn.Linear(backbone.feature_dim, len(taxonomy))
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features.float())
+
+    def _fit(self, x: torch.Tensor, y: torch.Tensor, l2: float) -> None:
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        optimizer = torch.optim.LBFGS(self.linear.parameters(), max_iter=self.config.max_iter,
+                                      line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(self.linear(x), y) + l2 * self.linear.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+
+    def fit_direct(self, train, val) -> dict:
+        x, y = train[0].float(), train[1]
+        vx, vy = val[0].float(), val[1]
+        scores = {}
+        for l2 in self.config.l2_grid:
+            self._fit(x, y, l2)
+            with torch.no_grad():
+                scores[l2] = (self.linear(vx).argmax(1) == vy).float().mean().item() if len(vy) else 0.0
+        best = max(self.config.l2_grid, key=lambda v: (scores[v], v))  # ties → stronger regularisation
+        self.config.l2 = best
+        self._fit(torch.cat([x, vx]), torch.cat([y, vy]), best)
+        return {"l2": best, "val_accuracy_by_l2": {str(k): v for k, v in scores.items()}}
