@@ -8,6 +8,7 @@ and turns ``EmoclipError`` into a one-line message with exit status 2.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 import time
@@ -35,12 +36,13 @@ def _setup_logging(verbose: bool) -> None:
 def backbone_options(func: Callable) -> Callable:
     """--model / --pretrained / --device, shared by every command that loads CLIP."""
     options = [
-        click.option("--model", default="ViT-B-32", show_default=True, envvar="EMOCLIP_MODEL",
-                     help="open_clip architecture name (`emoclip models` lists them; `tiny` is for tests)."),
-        click.option("--pretrained", default="openai", show_default=True, envvar="EMOCLIP_PRETRAINED",
+        click.option("--model", default=None, envvar="EMOCLIP_MODEL",
+                     help="open_clip architecture name (`emoclip models` lists them; `tiny` is for tests). "
+                          "Default ViT-B-32, or the checkpoint's."),
+        click.option("--pretrained", default=None, envvar="EMOCLIP_PRETRAINED",
                      help="open_clip pretrained tag (downloaded on first use), a local weights file "
-                          "(.pt/.pth/.bin/.safetensors), or `random` (benchmarks only). "
-                          "Env: EMOCLIP_PRETRAINED."),
+                          "(.pt/.pth/.bin/.safetensors), or `random` (benchmarks only). Default openai, or the "
+                          "checkpoint's. Env: EMOCLIP_PRETRAINED."),
         click.option("--device", default="auto", show_default=True, envvar="EMOCLIP_DEVICE",
                      help="auto, cpu, cuda or cuda:N."),
     ]
@@ -65,8 +67,11 @@ def _open_cache(backbone, cache_dir: str | None, no_cache: bool):
 
 def taxonomy_options(func: Callable) -> Callable:
     options = [
-        click.option("--taxonomy", "-t", default="mikels8", show_default=True,
-                     help="Built-in taxonomy name (`emoclip taxonomies`) or a YAML/TOML/JSON taxonomy file."),
+        click.option("--taxonomy", "-t", default=None,
+                     help="Built-in taxonomy name (`emoclip taxonomies`) or a YAML/TOML/JSON taxonomy file "
+                          "(default mikels8, or the checkpoint's)."),
+        click.option("--checkpoint", type=click.Path(exists=True), default=None,
+                     help="A run folder written by `emoclip train`: use its trained model instead of zero-shot."),
         click.option("--labels", default=None,
                      help="Your own comma-separated labels instead of a taxonomy, e.g. calm,tense,joyful."),
         click.option("--templates", default=None,
@@ -80,10 +85,36 @@ def taxonomy_options(func: Callable) -> Callable:
     return func
 
 
-def _taxonomy(taxonomy: str, labels: str | None):
+def _taxonomy(taxonomy: str | None, labels: str | None, default: str | None = "mikels8"):
     from .taxonomy import load_taxonomy, taxonomy_from_labels
 
-    return taxonomy_from_labels(labels.split(",")) if labels else load_taxonomy(taxonomy)
+    if labels:
+        return taxonomy_from_labels(labels.split(","))
+    return load_taxonomy(taxonomy or default) if (taxonomy or default) else None
+
+
+def _backbone(model: str | None, pretrained: str | None, device: str):
+    from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_backbone
+
+    return load_backbone(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED, device)
+
+
+def _classifier(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device):
+    """(backbone, classifier): a trained checkpoint (its backbone unless overridden) or zero-shot."""
+    if checkpoint:
+        from .checkpoint import check_backbone, classifier_for, load_checkpoint, read_metadata
+
+        backbone = None
+        if model or pretrained:
+            meta = read_metadata(checkpoint)["backbone"]
+            backbone = _backbone(model or meta["model"], pretrained or meta["pretrained"], device)
+            check_backbone(read_metadata(checkpoint), backbone)
+        method = load_checkpoint(checkpoint, backbone, device)
+        return method.backbone, classifier_for(method, _taxonomy(taxonomy, labels, default=None))
+    from .zeroshot import ZeroShotClassifier
+
+    backbone = _backbone(model, pretrained, device)
+    return backbone, ZeroShotClassifier(backbone, _taxonomy(taxonomy, labels), templates, synonyms)
 
 
 def _handle_errors(func: Callable) -> Callable:
@@ -124,8 +155,8 @@ def main(verbose: bool) -> None:
               help="Refuse larger images as possible decompression bombs.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
 @_handle_errors
-def predict(paths, taxonomy, labels, templates, synonyms, model, pretrained, device, cache_dir, no_cache, top_k, also,
-            fmt, output, batch_size, workers, max_pixels, progress) -> None:
+def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pretrained, device, cache_dir, no_cache,
+            top_k, also, fmt, output, batch_size, workers, max_pixels, progress) -> None:
     """Tag images (files, folders searched recursively, or globs) with emotions.
 
     One row per image: the top label, its probability, the top-k labels, the full distribution and
@@ -134,18 +165,15 @@ def predict(paths, taxonomy, labels, templates, synonyms, model, pretrained, dev
     """
     from tqdm import tqdm
 
-    from .backbone import load_backbone
     from .data.files import collect_images
     from .output import choose_format, open_writer
     from .predict import Tagger
-    from .zeroshot import ZeroShotClassifier
 
     started = time.perf_counter()
-    tax = _taxonomy(taxonomy, labels)
     fmt = choose_format(fmt, output)
     images = collect_images(paths)
-    backbone = load_backbone(model, pretrained, device)
-    classifier = ZeroShotClassifier(backbone, tax, templates, synonyms)
+    backbone, classifier = _classifier(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device)
+    tax = classifier.taxonomy
     tagger = Tagger(backbone, classifier, top_k=top_k, coarse_levels=list(also) if also else None,
                     batch_size=batch_size, workers=workers, max_pixels=max_pixels,
                     cache=_open_cache(backbone, cache_dir, no_cache))
@@ -208,29 +236,27 @@ def _dataset(root, split_file, manifests, layout, fold):
 @click.option("--workers", default=None, type=click.IntRange(min=1))
 @click.option("--mistakes", default=12, show_default=True, help="Thumbnails of the most confident mistakes.")
 @_handle_errors
-def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, labels, templates, synonyms,
+def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpoint, labels, templates, synonyms,
              label_taxonomy, via, also, model, pretrained, device, cache_dir, no_cache, out, name, seed, batch_size,
              workers, mistakes) -> None:
     """Score a model on a dataset split; write metrics.json, plots and report.md to --out."""
     from pathlib import Path
 
-    from .backbone import load_backbone
     from .evaluate import evaluate as run_evaluation
     from .report import write_run
     from .taxonomy import load_taxonomy
-    from .zeroshot import ZeroShotClassifier
 
     data = _dataset(root, split_file, manifests, layout, fold).split(split)
-    model_tax = _taxonomy(taxonomy, labels)
+    if via == "prompts" and label_taxonomy:
+        taxonomy = label_taxonomy  # prompt (or view) directly with the labels' taxonomy
+    backbone, classifier = _classifier(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device)
+    model_tax = classifier.taxonomy
     label_tax = load_taxonomy(label_taxonomy) if label_taxonomy else model_tax
-    if via == "prompts":
-        model_tax = label_tax
     data.label_indices(label_tax)  # unknown labels fail before any encoding
-    backbone = load_backbone(model, pretrained, device)
-    classifier = ZeroShotClassifier(backbone, model_tax, templates, synonyms)
     cache = _open_cache(backbone, cache_dir, no_cache)
     result = run_evaluation(backbone, classifier, data, label_tax, also, cache, batch_size, workers)
-    run = {"name": name or "zeroshot", "method": classifier.describe(), "seed": seed,
+    described = classifier.describe()
+    run = {"name": name or described["method"], "method": described, "seed": seed, "checkpoint": checkpoint,
            "dataset": data.name, "split": split, "dataset_label": data.name.split(":")[0],
            "backbone": backbone.identity(), "taxonomy": model_tax.name, "label_taxonomy": label_tax.name,
            "via": via}
@@ -240,6 +266,83 @@ def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, labels,
     click.echo(f"{data.name}: n={m['n']} acc={100 * m['accuracy']:.2f} bal-acc={100 * m['balanced_accuracy']:.2f} "
                f"macro-F1={100 * m['macro_f1']:.2f}{coarse}  (cache {m['cache']['hits']} hits, "
                f"{m['cache']['misses']} misses; {m['seconds']['total']:.1f} s) → {out}")
+
+
+@main.command("train")
+@click.option("--config", "config_files", multiple=True, type=click.Path(dir_okay=False),
+              help="YAML/TOML experiment config(s) (see configs/), merged in order; command-line options override.")
+@click.option("--method", default=None, help="Method to train (`emoclip methods`).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="A method option, e.g. --set weight=cos01 (repeatable).")
+@dataset_options
+@click.option("--taxonomy", "-t", default=None, help="Taxonomy of the labels (default emotionroi6).")
+@backbone_options
+@cache_options
+@click.option("--epochs", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default=None)
+@click.option("--scheduler", type=click.Choice(["none", "step", "plateau"]), default=None)
+@click.option("--weight-decay", type=float, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--val-fraction", type=float, default=None, help="Part of train held out for model selection.")
+@click.option("--also", multiple=True, help="Coarser levels to score on the test split (e.g. polarity).")
+@click.option("--name", default=None, help="Row label in `emoclip aggregate`.")
+@click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run folder.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last epoch.")
+@click.option("--progress/--no-progress", default=None)
+@_handle_errors
+def train_command(config_files, method, sets, root, split_file, manifests, layout, fold, taxonomy, model, pretrained,
+                  device, cache_dir, no_cache, epochs, batch_size, lr, optimizer, scheduler, weight_decay, seed,
+                  val_fraction, also, name, out, resume, progress) -> None:
+    """Train a method on cached features, keep the best-on-validation checkpoint, score it on test."""
+    from pathlib import Path
+
+    import yaml
+
+    from .experiment import merge, read_configs, run_experiment
+
+    options = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise EmoclipError(f"--set needs KEY=VALUE, got '{item}'")
+        options[key.strip()] = yaml.safe_load(value)
+    overrides = {
+        "method": method, "options": options, "taxonomy": taxonomy, "name": name, "also": list(also) or None,
+        "data": {"root": root, "split_file": split_file, "manifests": list(manifests) or None, "layout": layout,
+                 "fold": fold},
+        "backbone": {"model": model, "pretrained": pretrained},
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+                  "scheduler": scheduler, "weight_decay": weight_decay, "seed": seed, "val_fraction": val_fraction},
+    }
+    config = merge(read_configs(list(config_files)), overrides)
+    summary = run_experiment(config, out, device, cache_dir, no_cache, resume, progress)
+    t = summary["training"]
+    test = summary.get("test", {})
+    per_epoch = ""
+    log_file = Path(out) / "log.jsonl"
+    history = [json.loads(line) for line in log_file.read_text().splitlines()] if t.get("epochs") else []
+    if history:
+        per_epoch = f", {sum(h['seconds'] for h in history) / len(history):.2f} s/epoch"
+    scores = " ".join(f"{k}={100 * v:.2f}" for k, v in test.items())
+    fitted = (f"{t['epochs']} epochs{per_epoch}, best epoch {t.get('best_epoch')}" if t.get("epochs")
+              else f"fitted directly {t.get('fit', {})}")
+    click.echo(f"{summary['method']}: {fitted} (val acc {100 * t.get('val_accuracy', 0):.2f}); "
+               f"test {scores or 'not scored'} → {out}")
+
+
+@main.command()
+def methods() -> None:
+    """List the trainable methods and their options."""
+    import dataclasses
+
+    from .methods import list_methods
+
+    for name, cls in list_methods().items():
+        click.echo(f"{name}: {cls.summary}")
+        for f in dataclasses.fields(cls.Config):
+            click.echo(f"    {f.name} = {f.default!r}")
 
 
 @main.command()
