@@ -217,3 +217,20 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tiny, six, separa
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("learn_sot", [False, True])
+def test_shared_prefix_equals_running_every_prompt_in_full(tiny, six, learn_sot):
+    encoder = PromptTextEncoder(tiny, six.names, TEMPLATE)
+    assert encoder.shared_prefix_ok
+    g = torch.Generator().manual_seed(4)
+    width = encoder.n_ctx + (1 if learn_sot else 0)
+    blocks = torch.randn(3, width, encoder.width, generator=g) * 0.05
+    groups = torch.arange(3).repeat_interleave(len(six))
+    classes = torch.arange(len(six)).repeat(3)
+    with torch.no_grad():
+        shared = encoder.encode(blocks, classes, learn_sot, groups)
+        plain = encoder.encode(blocks[groups], classes, learn_sot)
+        full = PromptTextEncoder(tiny, six.names, TEMPLATE, trim=False).encode(blocks[groups], classes, learn_sot)
+    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)
+    torch.testing.assert_close(shared, full, rtol=0, atol=1e-5)

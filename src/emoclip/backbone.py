@@ -66,6 +66,7 @@ class Backbone:
     device: torch.device
     model_name: str
     weights: WeightsSource
+    quantized: str | None = None
     _fingerprint: str | None = field(default=None, repr=False)
 
     # -- identity -------------------------------------------------------------------------------
@@ -87,7 +88,10 @@ class Backbone:
 
     def identity(self) -> dict:
         """Everything that changes an image feature: used to key caches and check checkpoints."""
-        return {"model": self.model_name, "weights": self.weights_id, "preprocess": self.preprocess_config}
+        identity = {"model": self.model_name, "weights": self.weights_id, "preprocess": self.preprocess_config}
+        if self.quantized:  # quantised encoders give other features
+            identity["image_encoder"] = self.quantized
+        return identity
 
     def identity_hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True).encode()
@@ -186,8 +190,15 @@ _CREATORS: dict[str, Callable[..., torch.nn.Module]] = {
 }
 
 
+def quantize_image_encoder(model: torch.nn.Module) -> str:
+    """int8 dynamic quantisation of the image encoder's linear layers (CPU only; opt-in: changes features)."""
+    model.visual = torch.ao.quantization.quantize_dynamic(model.visual, {torch.nn.Linear}, dtype=torch.qint8)
+    return "int8-dynamic"
+
+
 def load_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
-                  device: str | torch.device = "auto", cache_dir: str | None = None) -> Backbone:
+                  device: str | torch.device = "auto", cache_dir: str | None = None, int8: bool = False
+                  ) -> Backbone:
     """Load a frozen CLIP backbone.
 
     ``pretrained`` is an open_clip tag (``openai``), a weights file path, or ``random``. When the
@@ -202,8 +213,13 @@ def load_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_P
     clip = clip.to(torch_device).eval().requires_grad_(False)
     preprocess = image_transform_v2(PreprocessCfg(**clip.visual.preprocess_cfg), is_train=False)
     tokenizer = open_clip.get_tokenizer(model)
+    quantized = None
+    if int8:
+        if torch_device.type != "cpu":
+            raise EmoclipError("--int8 quantises the image encoder for the CPU; use it with --device cpu")
+        quantized = quantize_image_encoder(clip)
     return Backbone(model=clip, tokenizer=tokenizer, preprocess=preprocess, device=torch_device,
-                    model_name=model, weights=source)
+                    model_name=model, weights=source, quantized=quantized)
 
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_PRETRAINED", "WEIGHTS_ENV", "Backbone", "available_models",

@@ -59,10 +59,18 @@ def cache_options(func: Callable) -> Callable:
                         )(func)
 
 
-def _open_cache(backbone, cache_dir: str | None, no_cache: bool):
+def _open_cache(backbone, cache_dir: str | None, no_cache: bool, fast_decode: bool = False):
     from .data.cache import FeatureCache, default_cache_dir
 
-    return None if no_cache else FeatureCache(cache_dir or default_cache_dir(), backbone)
+    return None if no_cache else FeatureCache(cache_dir or default_cache_dir(), backbone, fast_decode)
+
+
+def speed_options(func: Callable) -> Callable:
+    """Opt-in speed-ups that change numbers slightly (the defaults are exact; see the README)."""
+    func = click.option("--int8", is_flag=True,
+                        help="int8 dynamic quantisation of the image encoder (CPU; opt-in, changes features).")(func)
+    return click.option("--fast-decode", is_flag=True,
+                        help="Decode large JPEGs at reduced size (opt-in, changes pixels slightly).")(func)
 
 
 def taxonomy_options(func: Callable) -> Callable:
@@ -93,27 +101,27 @@ def _taxonomy(taxonomy: str | None, labels: str | None, default: str | None = "m
     return load_taxonomy(taxonomy or default) if (taxonomy or default) else None
 
 
-def _backbone(model: str | None, pretrained: str | None, device: str):
+def _backbone(model: str | None, pretrained: str | None, device: str, int8: bool = False):
     from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_backbone
 
-    return load_backbone(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED, device)
+    return load_backbone(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED, device, int8=int8)
 
 
-def _classifier(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device):
+def _classifier(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, int8=False):
     """(backbone, classifier): a trained checkpoint (its backbone unless overridden) or zero-shot."""
     if checkpoint:
         from .checkpoint import check_backbone, classifier_for, load_checkpoint, read_metadata
 
         backbone = None
-        if model or pretrained:
+        if model or pretrained or int8:
             meta = read_metadata(checkpoint)["backbone"]
-            backbone = _backbone(model or meta["model"], pretrained or meta["pretrained"], device)
+            backbone = _backbone(model or meta["model"], pretrained or meta["pretrained"], device, int8)
             check_backbone(read_metadata(checkpoint), backbone)
         method = load_checkpoint(checkpoint, backbone, device)
         return method.backbone, classifier_for(method, _taxonomy(taxonomy, labels, default=None))
     from .zeroshot import ZeroShotClassifier
 
-    backbone = _backbone(model, pretrained, device)
+    backbone = _backbone(model, pretrained, device, int8)
     return backbone, ZeroShotClassifier(backbone, _taxonomy(taxonomy, labels), templates, synonyms)
 
 
@@ -141,6 +149,7 @@ def main(verbose: bool) -> None:
 @taxonomy_options
 @backbone_options
 @cache_options
+@speed_options
 @click.option("--top-k", "-k", default=3, show_default=True, type=click.IntRange(min=1),
               help="How many top labels to list per image.")
 @click.option("--also", "also", multiple=True,
@@ -156,7 +165,7 @@ def main(verbose: bool) -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
 @_handle_errors
 def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pretrained, device, cache_dir, no_cache,
-            top_k, also, fmt, output, batch_size, workers, max_pixels, progress) -> None:
+            fast_decode, int8, top_k, also, fmt, output, batch_size, workers, max_pixels, progress) -> None:
     """Tag images (files, folders searched recursively, or globs) with emotions.
 
     One row per image: the top label, its probability, the top-k labels, the full distribution and
@@ -172,11 +181,12 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
     started = time.perf_counter()
     fmt = choose_format(fmt, output)
     images = collect_images(paths)
-    backbone, classifier = _classifier(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device)
+    backbone, classifier = _classifier(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device,
+                                       int8)
     tax = classifier.taxonomy
     tagger = Tagger(backbone, classifier, top_k=top_k, coarse_levels=list(also) if also else None,
                     batch_size=batch_size, workers=workers, max_pixels=max_pixels,
-                    cache=_open_cache(backbone, cache_dir, no_cache))
+                    cache=_open_cache(backbone, cache_dir, no_cache, fast_decode), fast_decode=fast_decode)
     levels = {name: tax.find_ancestor(name).names for name in tagger.coarse_levels}
     failed = 0
     bar = tqdm(total=len(images), unit="img", disable=None if progress is None else not progress,
@@ -229,6 +239,7 @@ def _dataset(root, split_file, manifests, layout, fold):
 @click.option("--also", multiple=True, help="Also score at this coarser level (e.g. polarity); repeatable.")
 @backbone_options
 @cache_options
+@speed_options
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run folder to write.")
 @click.option("--name", default=None, help="Row label in `emoclip aggregate` (default: the method).")
 @click.option("--seed", default=0, show_default=True, help="Recorded with the run (aggregate groups seeds).")
@@ -237,7 +248,8 @@ def _dataset(root, split_file, manifests, layout, fold):
 @click.option("--mistakes", default=12, show_default=True, help="Thumbnails of the most confident mistakes.")
 @_handle_errors
 def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpoint, labels, templates, synonyms,
-             label_taxonomy, via, also, model, pretrained, device, cache_dir, no_cache, out, name, seed, batch_size,
+             label_taxonomy, via, also, model, pretrained, device, cache_dir, no_cache, fast_decode, int8, out, name,
+             seed, batch_size,
              workers, mistakes) -> None:
     """Score a model on a dataset split; write metrics.json, plots and report.md to --out."""
     from pathlib import Path
@@ -249,12 +261,13 @@ def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpo
     data = _dataset(root, split_file, manifests, layout, fold).split(split)
     if via == "prompts" and label_taxonomy:
         taxonomy = label_taxonomy  # prompt (or view) directly with the labels' taxonomy
-    backbone, classifier = _classifier(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device)
+    backbone, classifier = _classifier(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device,
+                                       int8)
     model_tax = classifier.taxonomy
     label_tax = load_taxonomy(label_taxonomy) if label_taxonomy else model_tax
     data.label_indices(label_tax)  # unknown labels fail before any encoding
-    cache = _open_cache(backbone, cache_dir, no_cache)
-    result = run_evaluation(backbone, classifier, data, label_tax, also, cache, batch_size, workers)
+    cache = _open_cache(backbone, cache_dir, no_cache, fast_decode)
+    result = run_evaluation(backbone, classifier, data, label_tax, also, cache, batch_size, workers, fast_decode)
     described = classifier.describe()
     run = {"name": name or described["method"], "method": described, "seed": seed, "checkpoint": checkpoint,
            "dataset": data.name, "split": split, "dataset_label": data.name.split(":")[0],

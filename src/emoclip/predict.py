@@ -55,7 +55,7 @@ class Tagger:
     def __init__(self, backbone: Backbone, classifier: Classifier, top_k: int = 3,
                  coarse_levels: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 cache: FeatureCache | None = None) -> None:
+                 cache: FeatureCache | None = None, fast_decode: bool = False) -> None:
         self.backbone = backbone
         self.classifier = classifier
         self.top_k = max(1, top_k)
@@ -68,6 +68,7 @@ class Tagger:
         self.workers = workers
         self.max_pixels = max_pixels
         self.cache = cache
+        self.fast_decode = fast_decode
 
     @property
     def taxonomy(self) -> Taxonomy:
@@ -91,7 +92,7 @@ class Tagger:
         items = [Path(p) for p in paths]
         pending: list[tuple[int, np.ndarray | None, str | None]] = []
         stream = iter_features(self.backbone, items, self.cache, self.batch_size, self.workers, self.max_pixels,
-                               progress)
+                               progress, self.fast_decode)
         for entry in stream:
             pending.append(entry)
             if len(pending) >= self.batch_size:

@@ -61,8 +61,11 @@ def content_digest(path: Path) -> str | None:
 class FeatureCache:
     """Features of one backbone, keyed by image content."""
 
-    def __init__(self, root: str | Path, backbone: Backbone) -> None:
+    def __init__(self, root: str | Path, backbone: Backbone, fast_decode: bool = False) -> None:
         identity = {**backbone.identity(), "decoder": DECODER_VERSION}
+        if fast_decode:  # draft-decoded JPEGs give other features: keep them apart
+            identity["fast_decode"] = True
+        self.fast_decode = fast_decode
         key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         self.dir = Path(root).expanduser() / f"{backbone.model_name.replace('/', '_')}-{key}"
         self.dim = backbone.feature_dim
@@ -111,7 +114,8 @@ class FeatureTable:
 def iter_features(backbone: Backbone, paths: Sequence[str | Path], cache: FeatureCache | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
                   max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                  progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+                  progress: Callable[[int], None] | None = None, fast_decode: bool = False
+                  ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """Yield ``(index, feature, error)`` for every path in order: cached features first-class,
     the rest decoded in parallel, encoded in batches, and stored."""
     items = [Path(p) for p in paths]
@@ -125,7 +129,8 @@ def iter_features(backbone: Backbone, paths: Sequence[str | Path], cache: Featur
         cache.hits += sum(c is not None for c in cached)
         cache.misses += sum(c is None for c in cached)
     missing = [i for i, c in enumerate(cached) if c is None]
-    encoded = iter_encoded(backbone, [items[i] for i in missing], batch_size, workers, max_pixels)
+    fast_decode = cache.fast_decode if cache is not None else fast_decode
+    encoded = iter_encoded(backbone, [items[i] for i in missing], batch_size, workers, max_pixels, fast_decode)
     fresh: dict[int, tuple[np.ndarray | None, str | None]] = {}
     cursor = 0
     for i in range(len(items)):

@@ -37,9 +37,15 @@ class EncodedBatch:
     errors: dict[int, str] = field(default_factory=dict)
 
 
-def _decode(backbone: Backbone, path: Path, max_pixels: int | None) -> torch.Tensor | str:
+def draft_size(backbone: Backbone) -> int:
+    """The smallest side a draft-decoded JPEG may have: the model's input size."""
+    size = backbone.preprocess_config.get("size", 224)
+    return int(max(size) if isinstance(size, list | tuple) else size)
+
+
+def _decode(backbone: Backbone, path: Path, max_pixels: int | None, draft: int | None) -> torch.Tensor | str:
     try:
-        return backbone.preprocess(load_rgb(path, max_pixels))
+        return backbone.preprocess(load_rgb(path, max_pixels, draft))
     except ImageDecodeError as exc:
         return str(exc)
     except Exception as exc:  # one unexpected failure must not sink the batch
@@ -52,10 +58,11 @@ def _batches(items: Sequence[Path], size: int) -> Iterator[list[Path]]:
 
 
 def iter_encoded(backbone: Backbone, paths: Iterable[str | Path], batch_size: int = DEFAULT_BATCH_SIZE,
-                 workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
-                 ) -> Iterator[EncodedBatch]:
+                 workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 fast_decode: bool = False) -> Iterator[EncodedBatch]:
     """Yield ``EncodedBatch``es in input order; decoding of the next batch overlaps encoding."""
     items = [Path(p) for p in paths]
+    draft = draft_size(backbone) if fast_decode else None
     with ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="decode") as pool:
         pending: deque[tuple[list[Path], list[Future]]] = deque()
         batches = _batches(items, batch_size)
@@ -63,7 +70,7 @@ def iter_encoded(backbone: Backbone, paths: Iterable[str | Path], batch_size: in
         def submit_next() -> None:
             batch = next(batches, None)
             if batch is not None:
-                pending.append((batch, [pool.submit(_decode, backbone, p, max_pixels) for p in batch]))
+                pending.append((batch, [pool.submit(_decode, backbone, p, max_pixels, draft) for p in batch]))
 
         submit_next()
         submit_next()

@@ -106,8 +106,8 @@ class PromptMethod(Method):
     def class_text_features(self) -> torch.Tensor:
         """C × D text features when prompts do not depend on the image."""
         classes = torch.arange(len(self.taxonomy))
-        blocks = self.prompts[classes] if self.config.class_specific else self.prompts.expand(len(classes), -1, -1)
-        return self.encoder.encode(blocks, classes, self.config.learn_sot)
+        groups = classes if self.config.class_specific else torch.zeros_like(classes)  # shared: one prefix
+        return self.encoder.encode(self.prompts, classes, self.config.learn_sot, groups)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         features = F.normalize(features.float(), dim=-1)
@@ -115,9 +115,9 @@ class PromptMethod(Method):
             return self.logit_scale * features @ self.class_text_features().T
         n, c = features.shape[0], len(self.taxonomy)
         composed = self.compose(features)                                    # N × T × W
-        blocks = composed.repeat_interleave(c, dim=0)                        # (N·C) × T × W
+        groups = torch.arange(n).repeat_interleave(c)                        # prompt n·C + c uses image n's
         classes = torch.arange(c).repeat(n)
-        text = self.encoder.encode(blocks, classes, self.config.learn_sot).view(n, c, -1)
+        text = self.encoder.encode(composed, classes, self.config.learn_sot, groups).view(n, c, -1)
         return self.logit_scale * torch.einsum("nd,ncd->nc", features, text)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, batch: dict) -> torch.Tensor:
