@@ -59,7 +59,7 @@ def emoclip_tagging(paths: list[str], out: str, options: dict) -> dict:
 
     backbone = load_backbone(MODEL, "random", "cpu", **options.get("backbone", {}))
     taxonomy = load_taxonomy("emotionroi6")
-    tagger = Tagger(backbone, ZeroShotClassifier(backbone, taxonomy, TEMPLATE), batch_size=options.get("batch", 32))
+    tagger = Tagger(backbone, ZeroShotClassifier(backbone, taxonomy, TEMPLATE), batch_size=options.get("batch"))
     started = time.perf_counter()
     with open_writer("csv", out, taxonomy.names, {}) as writer:
         for row in tagger.tag(paths):
@@ -71,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", required=True, help="a folder of images (searched recursively)")
     parser.add_argument("--limit", type=int, default=200, help="how many images (default 200)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: emoclip's (16 on the CPU)")
     args = parser.parse_args()
     from emoclip.data.files import collect_images
 

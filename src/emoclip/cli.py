@@ -158,7 +158,8 @@ def main(verbose: bool) -> None:
               help="Output format; default: from the --output suffix, else jsonl.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Write to this file (atomically: it appears only when the run completes); default stdout.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Images per encoder call (default 16 on the CPU, 64 on CUDA).")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Decoding threads (default: CPUs).")
 @click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(min=1),
               help="Refuse larger images as possible decompression bombs.")
@@ -243,7 +244,8 @@ def _dataset(root, split_file, manifests, layout, fold):
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run folder to write.")
 @click.option("--name", default=None, help="Row label in `emoclip aggregate` (default: the method).")
 @click.option("--seed", default=0, show_default=True, help="Recorded with the run (aggregate groups seeds).")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Images per encoder call (default 16 on the CPU, 64 on CUDA).")
 @click.option("--workers", default=None, type=click.IntRange(min=1))
 @click.option("--mistakes", default=12, show_default=True, help="Thumbnails of the most confident mistakes.")
 @_handle_errors

@@ -63,7 +63,7 @@ def _aggregate(probs: np.ndarray, mapping: np.ndarray, n_out: int) -> np.ndarray
 
 
 def evaluate(backbone: Backbone, classifier: Classifier, dataset: Dataset, label_taxonomy: Taxonomy | None = None,
-             also: Sequence[str] = (), cache: FeatureCache | None = None, batch_size: int = 32,
+             also: Sequence[str] = (), cache: FeatureCache | None = None, batch_size: int | None = None,
              workers: int | None = None, fast_decode: bool = False) -> Evaluation:
     """Encode (or fetch) features, predict, and compute every metric at the common level."""
     started = time.perf_counter()

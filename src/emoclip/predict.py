@@ -18,7 +18,7 @@ import torch
 
 from .backbone import Backbone
 from .data.cache import FeatureCache, iter_features
-from .data.encode import DEFAULT_BATCH_SIZE
+from .data.encode import DEFAULT_BATCH_SIZE, image_batch_size
 from .data.images import DEFAULT_MAX_PIXELS
 from .distribution import LevelProbabilities, coarsen, softmax
 from .taxonomy import Taxonomy
@@ -53,7 +53,7 @@ class Tagger:
     """Tags image files with emotions using ``classifier`` on ``backbone`` features."""
 
     def __init__(self, backbone: Backbone, classifier: Classifier, top_k: int = 3,
-                 coarse_levels: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 coarse_levels: Sequence[str] | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE,
                  workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  cache: FeatureCache | None = None, fast_decode: bool = False) -> None:
         self.backbone = backbone
@@ -64,7 +64,7 @@ class Tagger:
         for name in levels:
             taxonomy.find_ancestor(name)  # fail early on a level the taxonomy does not map into
         self.coarse_levels = levels
-        self.batch_size = batch_size
+        self.batch_size = image_batch_size(backbone, batch_size)
         self.workers = workers
         self.max_pixels = max_pixels
         self.cache = cache

@@ -125,7 +125,7 @@ def train(method: Method, train_data: tuple[torch.Tensor, torch.Tensor], val_dat
 
     direct = method.fit_direct(train_data, val_data)
     if direct is not None:
-        summary = {"epochs": 0, "best_epoch": 0, "val_accuracy": _accuracy(method, vx, vy),
+        summary = {"epochs": 0, "best_epoch": 0, "val_accuracy": direct.get("val_accuracy", float("nan")),
                    "train_accuracy": _accuracy(method, x, y), "fit": direct,
                    "seconds": round(time.perf_counter() - started, 3)}
         atomic_write_text(out / LOG_FILE, json.dumps(summary) + "\n")

@@ -112,7 +112,7 @@ class FeatureTable:
 
 
 def iter_features(backbone: Backbone, paths: Sequence[str | Path], cache: FeatureCache | None = None,
-                  batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
+                  batch_size: int | None = DEFAULT_BATCH_SIZE, workers: int | None = None,
                   max_pixels: int | None = DEFAULT_MAX_PIXELS,
                   progress: Callable[[int], None] | None = None, fast_decode: bool = False
                   ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:

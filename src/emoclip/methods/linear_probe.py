@@ -63,4 +63,5 @@ class LinearProbe(Method):
         best = max(self.config.l2_grid, key=lambda v: (scores[v], v))  # ties → stronger regularisation
         self.config.l2 = best
         self._fit(torch.cat([x, vx]), torch.cat([y, vy]), best)
-        return {"l2": best, "val_accuracy_by_l2": {str(k): v for k, v in scores.items()}}
+        # val_accuracy is the selection score (the refit has seen the validation part)
+        return {"l2": best, "val_accuracy": scores[best], "val_accuracy_by_l2": {str(k): v for k, v in scores.items()}}
