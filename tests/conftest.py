@@ -17,6 +17,9 @@ SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datas
 # Tests never touch the user's feature cache; subprocesses inherit this.
 os.environ["EMOCLIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="emoclip-test-cache-")
 
+TINY_CLI = ["--model", "tiny", "--pretrained", "random", "--device", "cpu"]
+EMOTIONS = ("anger", "disgust", "fear", "joy", "sadness", "surprise")
+
 EMOTION6 = Path(os.environ.get("EMOCLIP_EMOTION6", SHARED_DATASETS / "emotion6"))
 
 
@@ -90,3 +93,22 @@ def photo_folder(tmp_path_factory) -> Path:
     for i in range(5):
         noise_image(seed=10 + i).save(folder / ("nested" if i % 2 else "") / f"photo{i}.jpg")
     return folder
+
+
+def run_cli(*args):
+    """Invoke the emoclip CLI in-process; arguments may be paths or numbers."""
+    from click.testing import CliRunner
+
+    from emoclip.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def make_split_data(folder: Path, per_class: int) -> tuple[Path, Path]:
+    """Six emotion class folders of noise images and a 2:1 split file made by `emoclip split`."""
+    from tests.test_dataset import make_class_folders
+
+    root = make_class_folders(folder / "images", per_class=per_class, classes=EMOTIONS)
+    split = folder / "split.tsv"
+    assert run_cli("split", root, "--ratios", "2,1", "-o", split).exit_code == 0
+    return root, split

@@ -13,23 +13,14 @@ from emoclip.cli import main
 from emoclip.evaluate import common_level
 from emoclip.metrics import classification_metrics
 from emoclip.taxonomy import load_taxonomy
-from tests.conftest import EMOTION6
-from tests.test_dataset import make_class_folders
-
-TINY = ["--model", "tiny", "--pretrained", "random", "--device", "cpu"]
-EMOTIONS = ("anger", "disgust", "fear", "joy", "sadness", "surprise")
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+from tests.conftest import EMOTION6, make_split_data
+from tests.conftest import TINY_CLI as TINY
+from tests.conftest import run_cli as run
 
 
 @pytest.fixture(scope="module")
 def six_class_data(tmp_path_factory):
-    root = make_class_folders(tmp_path_factory.mktemp("six") / "images", per_class=3, classes=EMOTIONS)
-    split = root.parent / "split.tsv"
-    assert run("split", root, "--ratios", "2,1", "-o", split).exit_code == 0
-    return root, split
+    return make_split_data(tmp_path_factory.mktemp("six"), per_class=3)
 
 
 def test_evaluate_writes_the_run_folder_and_reuses_the_cache(six_class_data, tmp_path):

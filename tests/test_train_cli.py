@@ -11,23 +11,17 @@ from click.testing import CliRunner
 
 from emoclip.cli import main
 from emoclip.experiment import read_configs
-from tests.test_dataset import make_class_folders
+from tests.conftest import EMOTIONS, make_split_data
+from tests.conftest import TINY_CLI as TINY
+from tests.conftest import run_cli as run
 
-TINY = ["--model", "tiny", "--pretrained", "random", "--device", "cpu"]
-EMOTIONS = ("anger", "disgust", "fear", "joy", "sadness", "surprise")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = make_class_folders(tmp_path_factory.mktemp("train") / "images", per_class=6, classes=EMOTIONS)
-    split = root.parent / "split.tsv"
-    assert run("split", root, "--ratios", "2,1", "-o", split).exit_code == 0
-    return root, split
+    return make_split_data(tmp_path_factory.mktemp("train"), per_class=6)
 
 
 @pytest.mark.parametrize("method_config", sorted(p.name for p in (CONFIGS / "methods").glob("*.yaml")))

@@ -80,6 +80,14 @@ class Method(nn.Module):
         return {"method": self.name, **dataclasses.asdict(self.config)}
 
 
+def seeded_init(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
+    """Build a module with a fixed seed, leaving the global RNG as it was: the same config always
+    starts from the same weights (reproducible runs, resume), whatever ran before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     def decorate(cls: type[Method]) -> type[Method]:
         if name in _REGISTRY:
