@@ -22,6 +22,10 @@ DEFAULT_MAX_PIXELS = 89_478_485
 _BACKGROUND = (255, 255, 255)
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
+# emoclip enforces its own pixel limit (load_rgb refuses larger images with a reason), so Pillow's
+# warning is redundant; filtered once here because catch_warnings is not thread-safe.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 
 def _to_eight_bit_gray(img: Image.Image) -> Image.Image:
     """16/32-bit grayscale → 8-bit by scaling the full range (Pillow's convert would clip at 255)."""
@@ -71,9 +75,7 @@ def load_rgb(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, draf
     if max_pixels is None or max_pixels > (Image.MAX_IMAGE_PIXELS or 0) * 2:
         Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max_pixels  # the user trusts larger images
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img = Image.open(path)  # the format is read from the bytes, not the file name
+        img = Image.open(path)  # the format is read from the bytes, not the file name
         with img:
             width, height = img.size
             if max_pixels is not None and width * height > max_pixels:
