@@ -113,3 +113,21 @@ def test_installed_console_script_runs(photo_folder):
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 6  # header + 5 rows
     assert "predictions are meaningless" in done.stderr
+
+
+def test_opt_in_speed_options_tag_and_keep_their_own_cache(photo_folder, tmp_path):
+    from emoclip.backbone import load_backbone
+    from emoclip.data.cache import FeatureCache
+
+    base = ["predict", str(photo_folder), "--model", "tiny", "--pretrained", "random", "--device", "cpu",
+            "--cache-dir", str(tmp_path), "--format", "csv"]
+    exact = run(*base)
+    fast = run(*base, "--fast-decode", "--int8")
+    assert exact.exit_code == 0 and fast.exit_code == 0
+    assert len(fast.stdout.splitlines()) == len(exact.stdout.splitlines()) == 6
+    plain = load_backbone("tiny", "random", "cpu")
+    quantized = load_backbone("tiny", "random", "cpu", int8=True)
+    dirs = {FeatureCache(tmp_path, plain).dir, FeatureCache(tmp_path, plain, fast_decode=True).dir,
+            FeatureCache(tmp_path, quantized).dir}
+    assert len(dirs) == 3  # exact, draft-decoded and int8 features never mix
+
