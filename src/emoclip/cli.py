@@ -110,13 +110,12 @@ def _backbone(model: str | None, pretrained: str | None, device: str, int8: bool
 def _classifier(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, int8=False):
     """(backbone, classifier): a trained checkpoint (its backbone unless overridden) or zero-shot."""
     if checkpoint:
-        from .checkpoint import check_backbone, classifier_for, load_checkpoint, read_metadata
+        from .checkpoint import classifier_for, load_checkpoint, read_metadata
 
         backbone = None
-        if model or pretrained or int8:
+        if model or pretrained or int8:  # an explicit backbone; load_checkpoint checks it matches
             meta = read_metadata(checkpoint)["backbone"]
             backbone = _backbone(model or meta["model"], pretrained or meta["pretrained"], device, int8)
-            check_backbone(read_metadata(checkpoint), backbone)
         method = load_checkpoint(checkpoint, backbone, device)
         return method.backbone, classifier_for(method, _taxonomy(taxonomy, labels, default=None))
     from .zeroshot import ZeroShotClassifier

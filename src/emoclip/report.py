@@ -92,13 +92,13 @@ def write_predictions(evaluation: Evaluation, path: Path) -> None:
     names = evaluation.level.names
     with atomic_write(path, newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["path", "true", "predicted", "probability", *[f"p_{n}" for n in names]])
+        writer.writerow(["path", "true", "predicted", "probability", *[f"p_{n}" for n in names], "error"])
         for i, p in enumerate(evaluation.paths):
             probs = evaluation.probs[i]
             writer.writerow([p, names[evaluation.true[i]], names[evaluation.pred[i]], f"{probs.max():.6f}",
-                             *[f"{v:.6f}" for v in probs]])
+                             *[f"{v:.6f}" for v in probs], ""])
         for p, reason in evaluation.failed.items():
-            writer.writerow([p, "", "", "", *[""] * len(names), reason][: 4 + len(names)])
+            writer.writerow([p, "", "", "", *[""] * len(names), reason])
 
 
 def _fmt(value: float) -> str:

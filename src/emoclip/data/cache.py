@@ -129,7 +129,8 @@ def iter_features(backbone: Backbone, paths: Sequence[str | Path], cache: Featur
         cache.hits += sum(c is not None for c in cached)
         cache.misses += sum(c is None for c in cached)
     missing = [i for i, c in enumerate(cached) if c is None]
-    fast_decode = cache.fast_decode if cache is not None else fast_decode
+    if cache is not None and cache.fast_decode != fast_decode:
+        raise ValueError("the cache was opened for another decoding mode than requested (fast_decode)")
     encoded = iter_encoded(backbone, [items[i] for i in missing], batch_size, workers, max_pixels, fast_decode)
     fresh: dict[int, tuple[np.ndarray | None, str | None]] = {}
     cursor = 0
