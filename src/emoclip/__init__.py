@@ -9,13 +9,34 @@ Python API (the CLI uses the same code path)::
         print(row.path, row.label, row.probability)
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-from .backbone import Backbone, load_backbone
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
 from .errors import EmoclipError, ImageDecodeError, TaxonomyError, WeightsUnavailableError
-from .predict import Prediction, Tagger
-from .taxonomy import Taxonomy, load_taxonomy, taxonomy_from_labels
-from .zeroshot import ZeroShotClassifier
+
+# The public names are imported on first use (PEP 562): importing torch/open_clip/torchvision takes
+# seconds, and commands that fail early (missing weights offline, a bad argument) must not pay it.
+_LAZY = {
+    "Backbone": "backbone", "load_backbone": "backbone",
+    "Prediction": "predict", "Tagger": "predict",
+    "Taxonomy": "taxonomy", "load_taxonomy": "taxonomy", "taxonomy_from_labels": "taxonomy",
+    "ZeroShotClassifier": "zeroshot",
+}
+
+if TYPE_CHECKING:
+    from .backbone import Backbone, load_backbone
+    from .predict import Prediction, Tagger
+    from .taxonomy import Taxonomy, load_taxonomy, taxonomy_from_labels
+    from .zeroshot import ZeroShotClassifier
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'emoclip' has no attribute {name!r}")
 
 try:
     __version__ = version("emoclip")

@@ -26,6 +26,8 @@ from PIL import Image
 from .device import resolve_device
 from .errors import EmoclipError, WeightsUnavailableError
 from .weights import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
     WEIGHTS_ENV,
     WeightsSource,
     classify,
@@ -37,8 +39,6 @@ from .weights import (
 
 log = logging.getLogger("emoclip")
 
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_PRETRAINED = "openai"
 RANDOM_SEED = 0  # random weights are seeded, so every process builds the same "random" model
 TEXT_BATCH = 256
 # Entries of OpenAI's TorchScript archives that are settings or buffers, not weights.

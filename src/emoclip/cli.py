@@ -101,6 +101,15 @@ def _taxonomy(taxonomy: str | None, labels: str | None, default: str | None = "m
     return load_taxonomy(taxonomy or default) if (taxonomy or default) else None
 
 
+def _preflight(model: str | None, pretrained: str | None, checkpoint: str | None = None) -> None:
+    """Refuse unobtainable weights before the seconds-long torch/open_clip import (weights.preflight)."""
+    from .weights import DEFAULT_MODEL, DEFAULT_PRETRAINED, preflight
+
+    if checkpoint and not pretrained:
+        return  # the checkpoint names its weights; load_checkpoint checks them
+    preflight(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED)
+
+
 def _backbone(model: str | None, pretrained: str | None, device: str, int8: bool = False):
     from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_backbone
 
@@ -172,6 +181,7 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
     the coarser levels' distributions. Files that cannot be decoded get a row with an error; the
     exit status is then 1, after every other row is written.
     """
+    _preflight(model, pretrained, checkpoint)
     from tqdm import tqdm
 
     from .data.files import collect_images
@@ -254,6 +264,8 @@ def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpo
              workers, mistakes) -> None:
     """Score a model on a dataset split; write metrics.json, plots and report.md to --out."""
     from pathlib import Path
+
+    _preflight(model, pretrained, checkpoint)
 
     from .evaluate import evaluate as run_evaluation
     from .report import write_run

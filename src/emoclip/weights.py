@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 
 from .errors import WeightsUnavailableError
 
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "openai"
 RANDOM = "random"
 WEIGHTS_ENV = "EMOCLIP_PRETRAINED"
 _REACH_TIMEOUT_S = 3.0
@@ -115,3 +117,44 @@ def file_fingerprint(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _squash(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def _cached_repo_names() -> list[str] | None:
+    """Names of the repositories in the Hugging Face cache, or None when it cannot be listed."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    root = Path(constants.HF_HUB_CACHE)
+    if not root.exists():
+        return []
+    try:
+        return [p.name for p in root.iterdir() if p.name.startswith("models--")]
+    except OSError:
+        return None
+
+
+def preflight(model: str, pretrained: str | os.PathLike | None) -> WeightsSource:
+    """Fail within seconds, before torch and open_clip are imported, when a tag cannot possibly load.
+
+    Importing open_clip (torch, torchvision, timm, transformers) takes 5-15 s on these machines, so
+    a user without network and without the weights would wait that long for the one-line answer.
+    When the hub is unreachable and no cached repository's name contains the tag (open_clip's hub
+    repositories end with it, e.g. ``timm/vit_base_patch32_clip_224.openai``), nothing can supply
+    the weights and this raises ``WeightsUnavailableError`` at once. Any doubt (an ``hf-hub:`` name,
+    an unlistable cache, a plausible cached repository) falls through to the full loader, which
+    gives the exact answer.
+    """
+    source = classify(pretrained)
+    if source.kind != "tag" or model.startswith(("hf-hub:", "local-dir:")):
+        return source
+    if not ensure_offline_when_unreachable():
+        return source
+    repos = _cached_repo_names()
+    if repos is None or any(_squash(source.value) in _squash(name) for name in repos):
+        return source
+    raise WeightsUnavailableError(missing_weights_message(model, source.value, offline=True))
