@@ -59,12 +59,6 @@ def cache_options(func: Callable) -> Callable:
                         )(func)
 
 
-def _open_cache(backbone, cache_dir: str | None, no_cache: bool, fast_decode: bool = False):
-    from .data.cache import FeatureCache, default_cache_dir
-
-    return None if no_cache else FeatureCache(cache_dir or default_cache_dir(), backbone, fast_decode)
-
-
 def speed_options(func: Callable) -> Callable:
     """Opt-in speed-ups that change numbers slightly (the defaults are exact; see the README)."""
     func = click.option("--int8", is_flag=True,
@@ -93,44 +87,16 @@ def taxonomy_options(func: Callable) -> Callable:
     return func
 
 
-def _taxonomy(taxonomy: str | None, labels: str | None, default: str | None = "mikels8"):
-    from .taxonomy import load_taxonomy, taxonomy_from_labels
+def _config(checkpoint=None, taxonomy=None, labels=None, templates=None, synonyms=False, model=None,
+            pretrained=None, device="auto", int8=False, fast_decode=False, cache_dir=None, no_cache=False,
+            **rest):
+    """The TaggerConfig of a command's options (tagging.py builds every front end's tagger from it)."""
+    from .tagging import TaggerConfig
 
-    if labels:
-        return taxonomy_from_labels(labels.split(","))
-    return load_taxonomy(taxonomy or default) if (taxonomy or default) else None
-
-
-def _preflight(model: str | None, pretrained: str | None, checkpoint: str | None = None) -> None:
-    """Refuse unobtainable weights before the seconds-long torch/open_clip import (weights.preflight)."""
-    from .weights import DEFAULT_MODEL, DEFAULT_PRETRAINED, preflight
-
-    if checkpoint and not pretrained:
-        return  # the checkpoint names its weights; load_checkpoint checks them
-    preflight(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED)
-
-
-def _backbone(model: str | None, pretrained: str | None, device: str, int8: bool = False):
-    from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_backbone
-
-    return load_backbone(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED, device, int8=int8)
-
-
-def _classifier(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, int8=False):
-    """(backbone, classifier): a trained checkpoint (its backbone unless overridden) or zero-shot."""
-    if checkpoint:
-        from .checkpoint import classifier_for, load_checkpoint, read_metadata
-
-        backbone = None
-        if model or pretrained or int8:  # an explicit backbone; load_checkpoint checks it matches
-            meta = read_metadata(checkpoint)["backbone"]
-            backbone = _backbone(model or meta["model"], pretrained or meta["pretrained"], device, int8)
-        method = load_checkpoint(checkpoint, backbone, device)
-        return method.backbone, classifier_for(method, _taxonomy(taxonomy, labels, default=None))
-    from .zeroshot import ZeroShotClassifier
-
-    backbone = _backbone(model, pretrained, device, int8)
-    return backbone, ZeroShotClassifier(backbone, _taxonomy(taxonomy, labels), templates, synonyms)
+    label_list = tuple(labels.split(",")) if labels else None
+    return TaggerConfig(checkpoint=checkpoint, taxonomy=taxonomy, labels=label_list, templates=templates,
+                        synonyms=synonyms, model=model, pretrained=pretrained, device=device, int8=int8,
+                        fast_decode=fast_decode, cache_dir=cache_dir, no_cache=no_cache, **rest)
 
 
 def _handle_errors(func: Callable) -> Callable:
@@ -181,22 +147,22 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
     the coarser levels' distributions. Files that cannot be decoded get a row with an error; the
     exit status is then 1, after every other row is written.
     """
-    _preflight(model, pretrained, checkpoint)
+    from .tagging import build_tagger, preflight
+
+    config = _config(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, int8, fast_decode,
+                     cache_dir, no_cache, top_k=top_k, also=tuple(also) or None, batch_size=batch_size,
+                     workers=workers, max_pixels=max_pixels)
+    preflight(config)
     from tqdm import tqdm
 
     from .data.files import collect_images
     from .output import choose_format, open_writer
-    from .predict import Tagger
 
     started = time.perf_counter()
     fmt = choose_format(fmt, output)
     images = collect_images(paths)
-    backbone, classifier = _classifier(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device,
-                                       int8)
-    tax = classifier.taxonomy
-    tagger = Tagger(backbone, classifier, top_k=top_k, coarse_levels=list(also) if also else None,
-                    batch_size=batch_size, workers=workers, max_pixels=max_pixels,
-                    cache=_open_cache(backbone, cache_dir, no_cache, fast_decode), fast_decode=fast_decode)
+    tagger = build_tagger(config)
+    tax = tagger.taxonomy
     levels = {name: tax.find_ancestor(name).names for name in tagger.coarse_levels}
     failed = 0
     bar = tqdm(total=len(images), unit="img", disable=None if progress is None else not progress,
@@ -265,7 +231,9 @@ def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpo
     """Score a model on a dataset split; write metrics.json, plots and report.md to --out."""
     from pathlib import Path
 
-    _preflight(model, pretrained, checkpoint)
+    from .tagging import build_classifier, open_cache, preflight
+
+    preflight(_config(checkpoint, pretrained=pretrained, model=model))
 
     from .evaluate import evaluate as run_evaluation
     from .report import write_run
@@ -274,12 +242,13 @@ def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpo
     data = _dataset(root, split_file, manifests, layout, fold).split(split)
     if via == "prompts" and label_taxonomy:
         taxonomy = label_taxonomy  # prompt (or view) directly with the labels' taxonomy
-    backbone, classifier = _classifier(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device,
-                                       int8)
+    config = _config(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, int8, fast_decode,
+                     cache_dir, no_cache)
+    backbone, classifier = build_classifier(config)
     model_tax = classifier.taxonomy
     label_tax = load_taxonomy(label_taxonomy) if label_taxonomy else model_tax
     data.label_indices(label_tax)  # unknown labels fail before any encoding
-    cache = _open_cache(backbone, cache_dir, no_cache, fast_decode)
+    cache = open_cache(config, backbone)
     result = run_evaluation(backbone, classifier, data, label_tax, also, cache, batch_size, workers, fast_decode)
     described = classifier.describe()
     run = {"name": name or described["method"], "method": described, "seed": seed, "checkpoint": checkpoint,
