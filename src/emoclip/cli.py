@@ -118,8 +118,33 @@ def main(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
+def scale_options(func: Callable) -> Callable:
+    """Inputs at scale (file lists, tar shards) and resumable sharded output (shards.py, ray_engine.py)."""
+    options = [
+        click.option("--files-from", type=click.Path(dir_okay=False), default=None,
+                     help="Also tag the paths listed in this file: one per line, or a Parquet file's --path-column."),
+        click.option("--path-column", default="path", show_default=True, help="Column of paths in a Parquet list."),
+        click.option("--output-dir", type=click.Path(file_okay=False), default=None,
+                     help="Write Parquet shards + a manifest here; rerunning the same command resumes."),
+        click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(min=1),
+                     help="Rows per shard (--output-dir)."),
+        click.option("--overwrite", is_flag=True, help="Start --output-dir over instead of resuming it."),
+        click.option("--save-features", is_flag=True, help="Store each image's CLIP feature (--output-dir)."),
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="ray: run on Ray Data (--output-dir; pip install 'emoclip[ray]')."),
+        click.option("--ray-address", default=None, help="Ray cluster to join (default RAY_ADDRESS, else local)."),
+        click.option("--ray-actors", "actors", default=None, type=click.IntRange(min=1),
+                     help="Model actors (default: one per GPU, else one per --ray-cpus-per-actor CPUs)."),
+        click.option("--ray-cpus-per-actor", "cpus_per_actor", default=1.0, show_default=True,
+                     type=click.FloatRange(min=0.01), help="CPUs reserved per actor."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @main.command()
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
 @taxonomy_options
 @backbone_options
 @cache_options
@@ -138,14 +163,18 @@ def main(verbose: bool) -> None:
 @click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(min=1),
               help="Refuse larger images as possible decompression bombs.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
+@scale_options
 @_handle_errors
 def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pretrained, device, cache_dir, no_cache,
-            fast_decode, int8, top_k, also, fmt, output, batch_size, workers, max_pixels, progress) -> None:
-    """Tag images (files, folders searched recursively, or globs) with emotions.
+            fast_decode, int8, top_k, also, fmt, output, batch_size, workers, max_pixels, progress, files_from,
+            path_column, output_dir, **scale) -> None:
+    """Tag images (files, folders searched recursively, globs, WebDataset tar shards such as
+    'shards/{00000..00099}.tar', or --files-from a list) with emotions.
 
     One row per image: the top label, its probability, the top-k labels, the full distribution and
     the coarser levels' distributions. Files that cannot be decoded get a row with an error; the
-    exit status is then 1, after every other row is written.
+    exit status is then 1, after every other row is written. With --output-dir, rows go to Parquet
+    shards committed one by one: rerun the same command after an interruption to resume.
     """
     from .tagging import build_tagger, preflight
 
@@ -155,12 +184,17 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
     preflight(config)
     from tqdm import tqdm
 
-    from .data.files import collect_images
     from .output import choose_format, open_writer
+    from .sources import collect_inputs, iter_tagged
 
     started = time.perf_counter()
+    if output_dir:
+        return _predict_sharded(config, collect_inputs(paths, files_from, path_column), output_dir, output, progress,
+                                **scale)
+    if scale["engine"] != "local" or scale["save_features"]:
+        raise EmoclipError("--engine ray and --save-features write Parquet shards; give --output-dir DIR")
     fmt = choose_format(fmt, output)
-    images = collect_images(paths)
+    images = collect_inputs(paths, files_from, path_column).items
     tagger = build_tagger(config)
     tax = tagger.taxonomy
     levels = {name: tax.find_ancestor(name).names for name in tagger.coarse_levels}
@@ -168,7 +202,7 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
     bar = tqdm(total=len(images), unit="img", disable=None if progress is None else not progress,
                file=sys.stderr, dynamic_ncols=True)
     with bar, open_writer(fmt, output, tax.names, levels) as writer:
-        for row in tagger.tag(images, progress=bar.update):
+        for row in iter_tagged(tagger, images, progress=bar.update):
             writer.write(row)
             failed += not row.ok
     seconds = time.perf_counter() - started
@@ -177,6 +211,37 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
         click.echo(f"emoclip: {failed} of {len(images)} files could not be read; their rows carry the "
                    "reason in 'error'", err=True)
         sys.exit(EXIT_SOME_FAILED)
+
+
+def _predict_sharded(config, inputs, output_dir, output, progress, shard_size, overwrite, save_features, engine,
+                     ray_address, actors, cpus_per_actor) -> None:
+    from .shards import run_sharded
+
+    if output:
+        raise EmoclipError("--output and --output-dir exclude each other; `emoclip merge DIR -o FILE` makes one file")
+    done = run_sharded(config, inputs, output_dir, shard_size, save_features, overwrite, engine, progress,
+                       ray_address=ray_address, actors=actors, cpus_per_actor=cpus_per_actor)
+    click.echo(f"emoclip: {done.rows} rows in {done.shards} shards in {done.folder} ({done.computed} computed now, "
+               f"{done.shards - done.computed} resumed; {done.seconds:.1f} s)", err=True)
+    if done.errors:
+        click.echo(f"emoclip: {done.errors} of {done.rows} images could not be read; their rows carry the reason "
+                   "in 'error'", err=True)
+        sys.exit(EXIT_SOME_FAILED)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), required=True,
+              help="The file to write (atomically): .parquet, .csv or .jsonl.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv", "jsonl"]), default=None,
+              help="Output format; default: from the --output suffix.")
+@_handle_errors
+def merge(folder, output, fmt) -> None:
+    """Join the shards of a finished `predict --output-dir` folder into one file, in input order."""
+    from .shards import merge_shards
+
+    rows = merge_shards(folder, output, fmt)
+    click.echo(f"emoclip: {rows} rows → {output}", err=True)
 
 
 def dataset_options(func: Callable) -> Callable:

@@ -43,6 +43,8 @@ class Prediction:
     distribution: dict[str, float] = field(default_factory=dict)
     levels: dict[str, dict[str, float]] = field(default_factory=dict)
     error: str | None = None
+    feature: np.ndarray | None = field(default=None, repr=False)  # the CLIP feature, when asked for
+
 
     @property
     def ok(self) -> bool:
@@ -86,10 +88,11 @@ class Tagger:
                                    levels={name: lvl.as_dict(i) for name, lvl in coarse.items()}))
         return rows
 
-    def tag(self, paths: Iterable[str | Path | ImageBytes], progress: Callable[[int], None] | None = None
-            ) -> Iterator[Prediction]:
+    def tag(self, paths: Iterable[str | Path | ImageBytes], progress: Callable[[int], None] | None = None,
+            features: bool = False) -> Iterator[Prediction]:
         """Yield one ``Prediction`` per path (or in-memory ``ImageBytes``), in input order (features from
-        the cache where present). A row's ``path`` is the file path, or the ImageBytes' name."""
+        the cache where present). A row's ``path`` is the file path, or the ImageBytes' name; with
+        ``features`` it also carries the image's CLIP feature (for search indexes)."""
         items = [as_source(p) for p in paths]
         pending: list[tuple[int, np.ndarray | None, str | None]] = []
         stream = iter_features(self.backbone, items, self.cache, self.batch_size, self.workers, self.max_pixels,
@@ -97,14 +100,20 @@ class Tagger:
         for entry in stream:
             pending.append(entry)
             if len(pending) >= self.batch_size:
-                yield from self._classify(items, pending)
+                yield from self._classify(items, pending, features)
                 pending = []
-        yield from self._classify(items, pending)
+        yield from self._classify(items, pending, features)
 
-    def _classify(self, items: list[ImageSource], entries: list[tuple[int, np.ndarray | None, str | None]]
-                  ) -> Iterator[Prediction]:
+    def _classify(self, items: list[ImageSource], entries: list[tuple[int, np.ndarray | None, str | None]],
+                  keep_features: bool = False) -> Iterator[Prediction]:
         good = [(i, f) for i, f, _ in entries if f is not None]
         rows = iter(self.predict_features(torch.from_numpy(np.stack([f for _, f in good])),
                                           [str(items[i]) for i, _ in good]) if good else [])
         for i, feature, error in entries:
-            yield next(rows) if feature is not None else Prediction(path=str(items[i]), error=error)
+            if feature is None:
+                yield Prediction(path=str(items[i]), error=error)
+                continue
+            row = next(rows)
+            if keep_features:
+                row.feature = feature
+            yield row
