@@ -33,6 +33,9 @@ log = logging.getLogger("emoclip")
 
 # Ray ≥ 2.51 deprecates map_batches(concurrency=…) for compute=ActorPoolStrategy(size=…); 2.9–2.50 want concurrency.
 COMPUTE_ARGUMENT_SINCE = (2, 51)
+# CPUs a read task reserves: reading is I/O, and a distinct reservation keeps Ray from fusing the
+# reads into the model actors (they would then wait on storage instead of encoding).
+READ_TASK_CPUS = 0.25
 
 
 def _import_ray() -> Any:
@@ -103,8 +106,8 @@ def _cluster_plan(ray: Any, config: dict[str, Any], actors: int | None, cpus_per
     use_gpu = gpus > 0 and not str(config.get("device", "auto")).startswith("cpu")
     if use_gpu:
         return actors or gpus, {"num_gpus": 1, "num_cpus": cpus_per_actor}
-    cpus = resources.get("CPU", 1)
-    return actors or max(1, int(cpus // max(cpus_per_actor, 1))), {"num_cpus": cpus_per_actor}
+    spare = resources.get("CPU", 1) - 1  # one CPU left to the read tasks and the driver
+    return actors or max(1, int(spare // cpus_per_actor)), {"num_cpus": cpus_per_actor}
 
 
 def run_ray(job: ShardJob, progress: ShardProgress, ray_address: str | None = None, actors: int | None = None,
@@ -127,7 +130,7 @@ def run_ray(job: ShardJob, progress: ShardProgress, ray_address: str | None = No
         todo = job.shards.todo()
         rows = [{"shard": i, "items": json.dumps([item.to_dict() for item in job.items(i)])} for i in todo]
         dataset = (ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-                   .map(read_shard)
+                   .map(read_shard, num_cpus=READ_TASK_CPUS)
                    .map_batches(ShardTagger, batch_size=1, batch_format="numpy",
                                 fn_constructor_kwargs={"config": config, "layout": job.layout.to_dict()},
                                 **resources, **actor_pool_arguments(size)))

@@ -286,6 +286,8 @@ class ShardProgress:
         self.shards_done = len(done)
         self.started = time.perf_counter()
         self.rows_at_start = sum(v["rows"] for v in done.values())
+        self.rows = self.rows_at_start   # counted here too: a disabled tqdm bar counts nothing
+        self.total = len(job.inputs)
         self.bar = tqdm(total=len(job.inputs), initial=self.rows_at_start, unit="img", file=sys.stderr,
                         dynamic_ncols=True, disable=None if enabled is None else not enabled)
         self.bar.set_postfix_str(self._shards_text(), refresh=False)
@@ -294,15 +296,16 @@ class ShardProgress:
         return f"shards {self.shards_done}/{self.total_shards}"
 
     def images(self, count: int) -> None:
+        self.rows += count
         self.bar.update(count)
 
     def shard(self, result: ShardResult, images_counted: bool) -> None:
         self.shards_done += 1
         if not images_counted:
-            self.bar.update(result.rows)
+            self.images(result.rows)
         self.bar.set_postfix_str(self._shards_text())
-        rate = (self.bar.n - self.rows_at_start) / max(time.perf_counter() - self.started, 1e-9)
-        left = (self.bar.total - self.bar.n) / rate if rate else float("nan")
+        rate = (self.rows - self.rows_at_start) / max(time.perf_counter() - self.started, 1e-9)
+        left = (self.total - self.rows) / rate if rate else float("nan")
         log.info("shard %d committed (%s, %.1f img/s, about %.0f s left)", result.index, self._shards_text(), rate,
                  left)
 
