@@ -1,0 +1,64 @@
+"""--engine ray on a local Ray (2 CPUs): the same rows as the single-process engine, and kill -9 + rerun."""
+
+from __future__ import annotations
+
+import pytest
+
+from emoclip.shards import run_sharded
+from emoclip.sources import collect_inputs
+from emoclip.tagging import TaggerConfig
+from tests.conftest import TINY_CLI, run_cli
+from tests.test_shards import assert_identical, cli_command, forty, kill_after_first_shard, read_dir  # noqa: F401
+
+ray = pytest.importorskip("ray")
+pd = pytest.importorskip("pandas")
+
+# Ray actors run torch with one thread per reserved CPU, this process with all of them: the same
+# encoder batches, but other kernel blockings, so rows agree to float rounding. Rows are rounded to
+# 6 digits; 1e-6 allows one unit of that rounding to fall the other way.
+PROBABILITY_ATOL = 1e-6
+CONFIG = TaggerConfig(model="tiny", pretrained="random", device="cpu", no_cache=True, batch_size=2)
+JOB = {"shard_size": 3, "save_features": True, "progress": False}
+RAY_OPTIONS = {"actors": 2, "cpus_per_actor": 0.5}  # 2 actors + the read tasks fit in 2 CPUs
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module (it takes seconds to start), shut down after it."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_output(local_ray, forty, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("ray") / "out"
+    summary = run_sharded(CONFIG, collect_inputs([str(forty)]), out, engine="ray", **JOB, **RAY_OPTIONS)
+    assert summary.rows == 41 and summary.errors == 1 and summary.computed == summary.shards == 14
+    return out
+
+
+def test_ray_rows_match_the_single_process_engine(ray_output, forty, tmp_path):  # noqa: F811
+    local = tmp_path / "local"
+    run_sharded(CONFIG, collect_inputs([str(forty)]), local, engine="local", **JOB)
+    a, b = read_dir(ray_output), read_dir(local)
+    assert list(a.columns) == list(b.columns)
+    numbers = [c for c in a.columns if a[c].dtype.kind == "f"]
+    text = [c for c in a.columns if c not in numbers and c not in ("feature", "top_k")]
+    pd.testing.assert_frame_equal(a[text], b[text])
+    pd.testing.assert_frame_equal(a[numbers], b[numbers], check_exact=False, rtol=0, atol=PROBABILITY_ATOL)
+    assert a.error.str.len().gt(0).sum() == 1  # the broken file is an error row, not a failed task
+
+
+def test_ray_kill_9_then_rerun_equals_an_uninterrupted_run(local_ray, ray_output, forty, tmp_path):  # noqa: F811
+    out = tmp_path / "resumed"
+    command = cli_command("predict", forty, *TINY_CLI, "--no-cache", "--batch-size", "2", "--shard-size", "3",
+                          "--save-features", "--engine", "ray", "--ray-address", local_ray, "--ray-actors", "2",
+                          "--ray-cpus-per-actor", "0.5", "--output-dir", out)
+    kill_after_first_shard(command, out)
+    # rerun: the same command (here in-process, on the same Ray cluster)
+    again = run_cli(*command[3:])
+    assert again.exit_code == 1 and "resumed" in again.output, again.output
+    assert_identical(read_dir(out), read_dir(ray_output))
