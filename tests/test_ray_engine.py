@@ -62,3 +62,22 @@ def test_ray_kill_9_then_rerun_equals_an_uninterrupted_run(local_ray, ray_output
     again = run_cli(*command[3:])
     assert again.exit_code == 1 and "resumed" in again.output, again.output
     assert_identical(read_dir(out), read_dir(ray_output))
+
+
+def test_actor_pool_arguments_follow_the_ray_api_generation(monkeypatch):
+    from ray.data import ActorPoolStrategy
+
+    import emoclip.ray_engine as engine
+
+    def map_batches(fn, *, batch_size=None, compute=None, concurrency=None):
+        """Both keywords, as in Ray 2.9 to 2.60; which one to use depends on the version."""
+
+    def map_batches_without_concurrency(fn, *, batch_size=None, compute=None):
+        """A later Ray that dropped `concurrency`."""
+
+    monkeypatch.setattr(engine.importlib.metadata, "version", lambda name: "2.40.0")
+    assert engine.actor_pool_arguments(3, map_batches) == {"concurrency": 3}
+    monkeypatch.setattr(engine.importlib.metadata, "version", lambda name: "2.60.0")
+    for signature in (map_batches, map_batches_without_concurrency):
+        compute = engine.actor_pool_arguments(3, signature)["compute"]
+        assert isinstance(compute, ActorPoolStrategy) and compute.min_size == compute.max_size == 3

@@ -263,3 +263,9 @@ def test_shard_schema_is_stable_when_a_shard_has_only_errors(tmp_path):
     assert len(schemas) == 1
     rows = read_dir(out)
     assert rows.probability.isna().tolist() == [False, True, True] and rows.feature[1] is None
+
+
+def test_ray_is_imported_only_for_the_ray_engine():
+    code = ("import sys, emoclip.cli, emoclip.shards, emoclip.sources; "
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

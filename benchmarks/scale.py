@@ -1,0 +1,135 @@
+"""Tagging at scale: single-process vs Ray Data on this machine, and the time to resume after kill -9.
+
+On N synthesised photos (noise JPEGs, so no dataset is needed), without the feature cache:
+
+1. the single-process engine (``--output-dir``, in this process): total time and images/s;
+2. ``--engine ray`` on a local Ray: Ray's start-up, the job's total time, and the steady rate once
+   the actors are up (from the commit times of the shards after the first), per actor — the figure
+   the README's "Scaling out" plan multiplies by the number of GPUs or CPU groups of a cluster;
+3. ``emoclip predict --output-dir`` in a subprocess, killed with SIGKILL once half the shards are
+   committed, then rerun: the rerun's wall time (start-up included) and whether its result is
+   identical to the uninterrupted run of step 1.
+
+    python benchmarks/scale.py --n 256 --model ViT-B-32
+
+The last line: local_img_s=… ray_img_s=… ray_startup_s=… ray_overhead_s=… per_actor_img_s=… resume_s=…
+full_run_s=… identical=yes|no cpu=KIND
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def synthesise(folder: Path, n: int, width: int = 320, height: int = 240) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{i:06d}.jpg",
+                                                                                          quality=85)
+
+
+def steady_rate(folder: Path, shard_size: int) -> float:
+    """Images/s between the first and the last shard commit (actor start-up excluded)."""
+    times = sorted(p.stat().st_mtime for p in folder.glob("part-*.parquet"))
+    if len(times) < 2 or times[-1] <= times[0]:
+        return float("nan")
+    return (len(times) - 1) * shard_size / (times[-1] - times[0])
+
+
+def kill_at_half(command: list[str], out: Path, shards: int) -> float:
+    """Run ``command`` and SIGKILL it once half the shards are committed; seconds it ran."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while process.poll() is None:
+            try:
+                if len(json.loads((out / "_emoclip_manifest.json").read_text())["done"]) >= shards / 2:
+                    break
+            except (FileNotFoundError, ValueError, KeyError):
+                pass
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=256, help="images to synthesise (default 256)")
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--shard-size", type=int, default=32)
+    parser.add_argument("--actors", type=int, default=None, help="Ray actors (default: the engine's choice)")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0)
+    args = parser.parse_args()
+
+    import pandas as pd
+    import ray
+
+    from emoclip.hardware import cpu_info
+    from emoclip.shards import run_sharded
+    from emoclip.sources import collect_inputs
+    from emoclip.tagging import TaggerConfig
+
+    work = Path(tempfile.mkdtemp(prefix="emoclip-scale-"))
+    images = work / "images"
+    synthesise(images, args.n)
+    inputs = collect_inputs([str(images)])
+    shards = -(-args.n // args.shard_size)
+    config = TaggerConfig(model=args.model, pretrained="random", device="cpu", no_cache=True)
+    job = {"shard_size": args.shard_size, "progress": False}
+    print(f"{args.n} synthesised 320x240 JPEGs, {args.model} (random weights), shards of {args.shard_size}, "
+          f"{os.cpu_count()} CPUs; {cpu_info().model}")
+
+    local = run_sharded(config, inputs, work / "local", **job)
+    local_rate = args.n / local.seconds
+    print(f"single process: {local.seconds:.1f} s ({local_rate:.2f} img/s; steady "
+          f"{steady_rate(work / 'local', args.shard_size):.2f} img/s)")
+
+    started = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray_startup = time.perf_counter() - started
+    try:
+        on_ray = run_sharded(config, inputs, work / "ray", engine="ray", actors=args.actors,
+                             cpus_per_actor=args.cpus_per_actor, **job)
+    finally:
+        ray.shutdown()
+    actors = args.actors or max(1, int((os.cpu_count() - 1) // args.cpus_per_actor))
+    ray_rate = args.n / on_ray.seconds
+    steady = steady_rate(work / "ray", args.shard_size)
+    print(f"Ray local: start-up {ray_startup:.1f} s, job {on_ray.seconds:.1f} s ({ray_rate:.2f} img/s); "
+          f"steady {steady:.2f} img/s over {actors} actor(s) of {args.cpus_per_actor:g} CPU")
+
+    out = work / "killed"
+    command = [sys.executable, "-c", "from emoclip.cli import main; main()", "predict", str(images),
+               "--model", args.model, "--pretrained", "random", "--device", "cpu", "--no-cache",
+               "--shard-size", str(args.shard_size), "--no-progress", "--output-dir", str(out)]
+    ran = kill_at_half(command, out, shards)
+    done_before = len(json.loads((out / "_emoclip_manifest.json").read_text())["done"])
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resume = time.perf_counter() - started
+    identical = pd.read_parquet(out).equals(pd.read_parquet(work / "local"))
+    print(f"kill -9 after {ran:.1f} s with {done_before}/{shards} shards committed; the rerun took {resume:.1f} s "
+          f"(start-up included) and its result is {'IDENTICAL' if identical else 'DIFFERENT'} to the uninterrupted run")
+    print(f"local_img_s={local_rate:.2f} ray_img_s={ray_rate:.2f} ray_startup_s={ray_startup:.1f} "
+          f"ray_overhead_s={on_ray.seconds - local.seconds:.1f} per_actor_img_s={steady / actors:.2f} "
+          f"resume_s={resume:.1f} full_run_s={local.seconds:.1f} identical={'yes' if identical else 'no'} "
+          f"cpu={cpu_info().kind}")
+
+
+if __name__ == "__main__":
+    main()
