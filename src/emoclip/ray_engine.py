@@ -134,12 +134,17 @@ def run_ray(job: ShardJob, progress: ShardProgress, ray_address: str | None = No
                    .map_batches(ShardTagger, batch_size=1, batch_format="numpy",
                                 fn_constructor_kwargs={"config": config, "layout": job.layout.to_dict()},
                                 **resources, **actor_pool_arguments(size)))
-        for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
-            for shard, parquet, count, errors in zip(batch["shard"], batch["parquet"], batch["rows"],
-                                                     batch["errors"], strict=True):
-                result = ShardResult(int(shard), bytes(parquet), int(count), int(errors))
-                job.shards.commit(result)
-                progress.shard(result, images_counted=False)
+        try:
+            for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
+                for shard, parquet, count, errors in zip(batch["shard"], batch["parquet"], batch["rows"],
+                                                         batch["errors"], strict=True):
+                    result = ShardResult(int(shard), bytes(parquet), int(count), int(errors))
+                    job.shards.commit(result)
+                    progress.shard(result, images_counted=False)
+        except ray.exceptions.RayError as exc:  # e.g. an actor could not load the model on some node
+            cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise EmoclipError(f"the Ray job failed ({cause}); the {len(job.shards.done)} committed shards are "
+                               "kept: fix the cause and rerun the same command to resume") from None
     finally:
         if started_here:
             ray.shutdown()
