@@ -3,9 +3,9 @@
 On N synthesised photos (noise JPEGs, so no dataset is needed), without the feature cache:
 
 1. the single-process engine (``--output-dir``, in this process): total time and images/s;
-2. ``--engine ray`` on a local Ray: Ray's start-up, the job's total time, and the steady rate once
-   the actors are up (from the commit times of the shards after the first), per actor — the figure
-   the README's "Scaling out" plan multiplies by the number of GPUs or CPU groups of a cluster;
+2. ``--engine ray`` on a local Ray: Ray's start-up, the job's total time, and one actor's rate while
+   tagging (from the per-shard times in the manifest) — the figure the README's "Scaling out" plan
+   multiplies by the number of GPUs or CPU groups of a cluster;
 3. ``emoclip predict --output-dir`` in a subprocess, killed with SIGKILL once half the shards are
    committed, then rerun: the rerun's wall time (start-up included) and whether its result is
    identical to the uninterrupted run of step 1.
@@ -41,12 +41,11 @@ def synthesise(folder: Path, n: int, width: int = 320, height: int = 240) -> Non
                                                                                           quality=85)
 
 
-def steady_rate(folder: Path, shard_size: int) -> float:
-    """Images/s between the first and the last shard commit (actor start-up excluded)."""
-    times = sorted(p.stat().st_mtime for p in folder.glob("part-*.parquet"))
-    if len(times) < 2 or times[-1] <= times[0]:
-        return float("nan")
-    return (len(times) - 1) * shard_size / (times[-1] - times[0])
+def actor_rate(folder: Path) -> float:
+    """Images/s of one engine worker while tagging (the shards' own times in the manifest: start-up,
+    queueing and the driver's commits excluded) — the per-actor rate r of the README's plan."""
+    done = json.loads((folder / "_emoclip_manifest.json").read_text())["done"].values()
+    return sum(d["rows"] for d in done) / max(sum(d["seconds"] for d in done), 1e-9)
 
 
 def kill_at_half(command: list[str], out: Path, shards: int) -> float:
@@ -96,8 +95,8 @@ def main() -> None:
 
     local = run_sharded(config, inputs, work / "local", **job)
     local_rate = args.n / local.seconds
-    print(f"single process: {local.seconds:.1f} s ({local_rate:.2f} img/s; steady "
-          f"{steady_rate(work / 'local', args.shard_size):.2f} img/s)")
+    print(f"single process: {local.seconds:.1f} s ({local_rate:.2f} img/s; {actor_rate(work / 'local'):.2f} img/s "
+          "while tagging)")
 
     started = time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -109,9 +108,9 @@ def main() -> None:
         ray.shutdown()
     actors = args.actors or max(1, int((os.cpu_count() - 1) // args.cpus_per_actor))
     ray_rate = args.n / on_ray.seconds
-    steady = steady_rate(work / "ray", args.shard_size)
+    per_actor = actor_rate(work / "ray")
     print(f"Ray local: start-up {ray_startup:.1f} s, job {on_ray.seconds:.1f} s ({ray_rate:.2f} img/s); "
-          f"steady {steady:.2f} img/s over {actors} actor(s) of {args.cpus_per_actor:g} CPU")
+          f"{per_actor:.2f} img/s per actor while tagging ({actors} actor(s) of {args.cpus_per_actor:g} CPU)")
 
     out = work / "killed"
     command = [sys.executable, "-c", "from emoclip.cli import main; main()", "predict", str(images),
@@ -126,7 +125,7 @@ def main() -> None:
     print(f"kill -9 after {ran:.1f} s with {done_before}/{shards} shards committed; the rerun took {resume:.1f} s "
           f"(start-up included) and its result is {'IDENTICAL' if identical else 'DIFFERENT'} to the uninterrupted run")
     print(f"local_img_s={local_rate:.2f} ray_img_s={ray_rate:.2f} ray_startup_s={ray_startup:.1f} "
-          f"ray_overhead_s={on_ray.seconds - local.seconds:.1f} per_actor_img_s={steady / actors:.2f} "
+          f"ray_overhead_s={on_ray.seconds - local.seconds:.1f} per_actor_img_s={per_actor:.2f} "
           f"resume_s={resume:.1f} full_run_s={local.seconds:.1f} identical={'yes' if identical else 'no'} "
           f"cpu={cpu_info().kind}")
 

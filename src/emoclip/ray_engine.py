@@ -84,16 +84,15 @@ class ShardTagger:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from .data.images import ImageBytes
 
-        out: dict[str, list] = {"shard": [], "parquet": [], "rows": [], "errors": []}
+        out: dict[str, list] = {"shard": [], "parquet": [], "rows": [], "errors": [], "seconds": []}
         for shard, items_json, data, problems in zip(batch["shard"], batch["items"], batch["data"],
                                                      batch["problem"], strict=True):
             items = [Item.from_dict(d) for d in json.loads(items_json)]
             loaded = [problem or ImageBytes(item.name, bytes(blob))
                       for item, blob, problem in zip(items, data, problems, strict=True)]
             result = tag_shard(self.tagger, self.layout, int(shard), items, loaded)
-            for key, value in (("shard", result.index), ("parquet", result.parquet), ("rows", result.rows),
-                               ("errors", result.errors)):
-                out[key].append(value)
+            for key in out:
+                out[key].append(getattr(result, "index" if key == "shard" else key))
         return out
 
 
@@ -136,9 +135,9 @@ def run_ray(job: ShardJob, progress: ShardProgress, ray_address: str | None = No
                                 **resources, **actor_pool_arguments(size)))
         try:
             for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
-                for shard, parquet, count, errors in zip(batch["shard"], batch["parquet"], batch["rows"],
-                                                         batch["errors"], strict=True):
-                    result = ShardResult(int(shard), bytes(parquet), int(count), int(errors))
+                for shard, parquet, count, errors, seconds in zip(batch["shard"], batch["parquet"], batch["rows"],
+                                                                  batch["errors"], batch["seconds"], strict=True):
+                    result = ShardResult(int(shard), bytes(parquet), int(count), int(errors), float(seconds))
                     job.shards.commit(result)
                     progress.shard(result, images_counted=False)
         except ray.exceptions.RayError as exc:  # e.g. an actor could not load the model on some node

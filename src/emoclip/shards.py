@@ -123,6 +123,7 @@ class ShardResult:
     parquet: bytes
     rows: int
     errors: int
+    seconds: float = 0.0   # tagging time (reading included): a shard's own rate, whichever engine ran it
 
 
 def tag_shard(tagger: Tagger, layout: ShardLayout, index: int, items: Sequence[Item],
@@ -130,10 +131,12 @@ def tag_shard(tagger: Tagger, layout: ShardLayout, index: int, items: Sequence[I
     """Tag one shard's items and encode its rows as Parquet: the one function both engines run."""
     import pyarrow.parquet as pq
 
+    started = time.perf_counter()
     rows = tag_items(tagger, items, loaded, features=layout.feature_dim is not None, progress=progress)
     buffer = io.BytesIO()
     pq.write_table(layout.table(rows, items), buffer)
-    return ShardResult(index, buffer.getvalue(), len(rows), sum(not r.ok for r in rows))
+    return ShardResult(index, buffer.getvalue(), len(rows), sum(not r.ok for r in rows),
+                       time.perf_counter() - started)
 
 
 # -- the folder ---------------------------------------------------------------------------------------
@@ -236,7 +239,8 @@ class ShardFolder:
     def commit(self, result: ShardResult) -> None:
         atomic_write_bytes(self.folder / shard_file_name(result.index), result.parquet)
         _fsync_dir(self.folder)
-        self.manifest["done"][str(result.index)] = {"rows": result.rows, "errors": result.errors}
+        self.manifest["done"][str(result.index)] = {"rows": result.rows, "errors": result.errors,
+                                                     "seconds": round(result.seconds, 3)}
         self.manifest["complete"] = len(self.manifest["done"]) == self.manifest["shards"]
         self._save()
 
