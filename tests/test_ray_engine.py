@@ -18,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Dat
 # encoder batches, but other kernel blockings, so rows agree to float rounding. Rows are rounded to
 # 6 digits; 1e-6 allows one unit of that rounding to fall the other way.
 PROBABILITY_ATOL = 1e-6
-CONFIG = TaggerConfig(model="tiny", pretrained="random", device="cpu", no_cache=True, batch_size=2)
+CONFIG = TaggerConfig(model="tiny", pretrained="random", device="cpu", precision="fp32", no_cache=True, batch_size=2)
 JOB = {"shard_size": 3, "save_features": True, "progress": False}
 RAY_OPTIONS = {"actors": 2, "cpus_per_actor": 0.5}  # 2 actors + the read tasks fit in 2 CPUs
 
@@ -55,7 +55,8 @@ def test_ray_rows_match_the_single_process_engine(ray_output, forty, tmp_path): 
 
 def test_ray_kill_9_then_rerun_equals_an_uninterrupted_run(local_ray, ray_output, forty, tmp_path):  # noqa: F811
     out = tmp_path / "resumed"
-    command = cli_command("predict", forty, *TINY_CLI, "--no-cache", "--batch-size", "2", "--shard-size", "3",
+    command = cli_command("predict", forty, *TINY_CLI, "--precision", "fp32", "--no-cache", "--batch-size", "2",
+                          "--shard-size", "3",
                           "--save-features", "--engine", "ray", "--ray-address", local_ray, "--ray-actors", "2",
                           "--ray-cpus-per-actor", "0.5", "--output-dir", out)
     kill_after_first_shard(command, out)

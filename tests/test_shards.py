@@ -26,6 +26,7 @@ MANIFEST = "_emoclip_manifest.json"
 # (error rows shift them), so their probabilities agree to float rounding of another batch shape
 # (see FEATURE_ATOL); rows are rounded to 6 digits, so 1e-5 allows one unit of rounding either way.
 PROB_ATOL = 1e-5
+FP32 = ["--precision", "fp32"]  # tolerances between different computations are stated for fp32 (auto may pick bf16)
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +194,7 @@ def webdataset_shards(tmp_path_factory) -> Path:
 def test_webdataset_shards_give_keys_captions_and_error_rows(webdataset_shards, tmp_path):
     out = tmp_path / "out"
     pattern = str(webdataset_shards / "{00000..00002}.tar")
-    result = run_cli("predict", pattern, *TINY_CLI, "--no-cache", "--shard-size", "4", "--output-dir", out)
+    result = run_cli("predict", pattern, *TINY_CLI, *FP32, "--no-cache", "--shard-size", "4", "--output-dir", out)
     assert result.exit_code == 1, result.output  # some rows carry errors; the run completes
     rows = read_dir(out)
     assert list(rows.key[:-1]) == ["000000", "000001", "000002", "000010", "000011", "000012", "000013", "000020",
@@ -214,7 +215,7 @@ def test_webdataset_shards_give_keys_captions_and_error_rows(webdataset_shards, 
     files.mkdir()
     for seed, key in ((200, "000000"), (211, "000011"), (220, "000020")):
         (files / f"{key}.jpg").write_bytes(_jpeg(seed))
-    assert run_cli("predict", files, *TINY_CLI, "--no-cache", "-o", tmp_path / "files.csv").exit_code == 0
+    assert run_cli("predict", files, *TINY_CLI, *FP32, "--no-cache", "-o", tmp_path / "files.csv").exit_code == 0
     as_files = pd.read_csv(tmp_path / "files.csv")
     as_files.index = [Path(p).stem for p in as_files.path]
     by_key = rows.set_index("key")

@@ -80,19 +80,22 @@ class ShardTagger:
 
         self.tagger = build_tagger(TaggerConfig.from_dict(config))
         self.layout = ShardLayout.from_dict(layout)
+        self.encoder = json.dumps(self.tagger.backbone.identity(), sort_keys=True)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from .data.images import ImageBytes
 
-        out: dict[str, list] = {"shard": [], "parquet": [], "rows": [], "errors": [], "seconds": []}
+        out: dict[str, list] = {"shard": [], "parquet": [], "rows": [], "errors": [], "seconds": [], "encoder": []}
         for shard, items_json, data, problems in zip(batch["shard"], batch["items"], batch["data"],
                                                      batch["problem"], strict=True):
             items = [Item.from_dict(d) for d in json.loads(items_json)]
             loaded = [problem or ImageBytes(item.name, bytes(blob))
                       for item, blob, problem in zip(items, data, problems, strict=True)]
             result = tag_shard(self.tagger, self.layout, int(shard), items, loaded)
-            for key in out:
-                out[key].append(getattr(result, "index" if key == "shard" else key))
+            for key in ("parquet", "rows", "errors", "seconds"):
+                out[key].append(getattr(result, key))
+            out["shard"].append(result.index)
+            out["encoder"].append(self.encoder)
         return out
 
 
@@ -135,8 +138,10 @@ def run_ray(job: ShardJob, progress: ShardProgress, ray_address: str | None = No
                                 **resources, **actor_pool_arguments(size)))
         try:
             for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
-                for shard, parquet, count, errors, seconds in zip(batch["shard"], batch["parquet"], batch["rows"],
-                                                                  batch["errors"], batch["seconds"], strict=True):
+                for shard, parquet, count, errors, seconds, encoder in zip(
+                        batch["shard"], batch["parquet"], batch["rows"], batch["errors"], batch["seconds"],
+                        batch["encoder"], strict=True):
+                    job.shards.check_encoder(json.loads(str(encoder)))  # every actor runs the recorded encoder
                     result = ShardResult(int(shard), bytes(parquet), int(count), int(errors), float(seconds))
                     job.shards.commit(result)
                     progress.shard(result, images_counted=False)

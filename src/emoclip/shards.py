@@ -218,15 +218,17 @@ class ShardFolder:
         self._save()
 
     def check_encoder(self, identity: dict[str, Any]) -> None:
-        """The encoder's identity is known only once the model is loaded: record it, or compare it."""
+        """The encoder's identity (its spec, with the precision 'auto' resolved to on this device) is
+        known only once the model is loaded: record it, or refuse to mix shards of another encoder."""
         identity = json.loads(json.dumps(identity))
         recorded = self.manifest.get("encoder")
         if recorded is None:
             self.manifest["encoder"] = identity
             self._save()
         elif recorded != identity:
-            raise EmoclipError(f"'{self.folder}' was tagged with another encoder ({recorded}); use a new "
-                               "--output-dir (or --overwrite to start over)")
+            raise EmoclipError(f"'{self.folder}' was tagged with another encoder ({recorded}, now {identity}); "
+                               "resume on the same kind of device, pin --precision, or use a new --output-dir "
+                               "(or --overwrite to start over)")
 
     @property
     def done(self) -> dict[int, dict[str, int]]:
@@ -359,9 +361,12 @@ def run_sharded(config: TaggerConfig, inputs: InputSet, output_dir: str | Path, 
     shards.folder.mkdir(parents=True, exist_ok=True)
     with _exclusive(shards.folder):
         shards.prepare(plan, overwrite)
-        # The driver builds the tagger too (on the CPU for Ray: only its identity and classes are needed).
-        tagger = build_tagger(config if engine == "local" else config.replace(device="cpu", no_cache=True))
-        shards.check_encoder(tagger.backbone.identity())
+        # The Ray driver needs only the classes and feature width: a CPU fp32 build; its actors report
+        # the identity of the encoder they really run (precision 'auto' resolves per device).
+        tagger = build_tagger(config if engine == "local" else config.replace(device="cpu", no_cache=True,
+                                                                               precision="fp32"))
+        if engine == "local":
+            shards.check_encoder(tagger.backbone.identity())
         layout = ShardLayout.for_tagger(tagger, inputs.extra_columns, save_features)
         job = ShardJob(shards, inputs, shard_size, config, layout)
         todo = shards.todo()
