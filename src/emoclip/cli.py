@@ -30,7 +30,8 @@ def _setup_logging(verbose: bool) -> None:
     log.handlers[:] = [handler]
     log.propagate = False
     log.setLevel(logging.INFO if verbose else logging.WARNING)
-    logging.getLogger().setLevel(logging.INFO if verbose else logging.CRITICAL)  # open_clip logs on root
+    # open_clip logs 'INFO:root:' lines on the root logger: never ours to show, even with -v
+    logging.getLogger().setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
 def backbone_options(func: Callable) -> Callable:
@@ -180,27 +181,34 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
 
 
 def dataset_options(func: Callable) -> Callable:
-    """Where the labelled data is: shared by evaluate and train."""
+    """Where the labelled data is: shared by evaluate, train and split."""
     options = [
         click.option("--root", type=click.Path(file_okay=False), default=None,
                      help="Image folder (paths in split files and manifests are relative to it)."),
         click.option("--split-file", type=click.Path(dir_okay=False), default=None,
                      help="CSV/TSV with image, label, split columns (e.g. emotion6/split_70_30.tsv)."),
         click.option("--manifest", "manifests", multiple=True, type=click.Path(dir_okay=False),
-                     help="JSON manifest(s), EmoSet style (repeatable)."),
-        click.option("--layout", type=click.Choice(["folders", "split-file", "split-folders", "kfold", "manifest"]),
-                     default=None, help="Data layout; default: inferred."),
-        click.option("--fold", type=int, default=None, help="k-fold layouts: the test fold (others train)."),
+                     help="JSON manifest(s) (repeatable)."),
+        click.option("--layout", default=None,
+                     help="Data layout: folders, labelled, split-file, split-folders, kfold, manifest, emotionroi, "
+                          "emoset, fi, artphoto, abstract; default: inferred."),
+        click.option("--fold", type=int, default=None, help="k-fold data: the test fold (the others train)."),
+        click.option("--label-file", type=click.Path(dir_okay=False), default=None,
+                     help="Labels in one table (image<TAB>label; bare file names or paths relative to --root; "
+                          "header optional) for images without class folders."),
+        click.option("--votes", type=click.Path(dir_okay=False), default=None,
+                     help="Vote distributions: a table of image and one column per emotion (Emotion6's "
+                          "ground_truth.txt, Abstract's CSV); adds label-distribution metrics, --target votes."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def _dataset(root, split_file, manifests, layout, fold):
+def _dataset(root, split_file, manifests, layout, fold, label_file=None, votes=None):
     from .data.dataset import open_dataset
 
-    return open_dataset(root, split_file, manifests, layout, fold)
+    return open_dataset(root, split_file, manifests, layout, fold, label_file, votes)
 
 
 @main.command()
@@ -224,10 +232,9 @@ def _dataset(root, split_file, manifests, layout, fold):
 @click.option("--workers", default=None, type=click.IntRange(min=1))
 @click.option("--mistakes", default=12, show_default=True, help="Thumbnails of the most confident mistakes.")
 @_handle_errors
-def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpoint, labels, templates, synonyms,
-             label_taxonomy, via, also, model, pretrained, device, cache_dir, no_cache, fast_decode, int8, out, name,
-             seed, batch_size,
-             workers, mistakes) -> None:
+def evaluate(root, split_file, manifests, layout, fold, label_file, votes, split, taxonomy, checkpoint, labels,
+             templates, synonyms, label_taxonomy, via, also, model, pretrained, device, cache_dir, no_cache,
+             fast_decode, int8, out, name, seed, batch_size, workers, mistakes) -> None:
     """Score a model on a dataset split; write metrics.json, plots and report.md to --out."""
     from pathlib import Path
 
@@ -239,7 +246,7 @@ def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpo
     from .report import write_run
     from .taxonomy import load_taxonomy
 
-    data = _dataset(root, split_file, manifests, layout, fold).split(split)
+    data = _dataset(root, split_file, manifests, layout, fold, label_file, votes).split(split)
     if via == "prompts" and label_taxonomy:
         taxonomy = label_taxonomy  # prompt (or view) directly with the labels' taxonomy
     config = _config(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, int8, fast_decode,
@@ -253,6 +260,7 @@ def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpo
     described = classifier.describe()
     run = {"name": name or described["method"], "method": described, "seed": seed, "checkpoint": checkpoint,
            "dataset": data.name, "split": split, "dataset_label": data.name.split(":")[0],
+           "data_source": data.source, "fold": data.extra.get("fold"),
            "backbone": backbone.identity(), "taxonomy": model_tax.name, "label_taxonomy": label_tax.name,
            "via": via}
     write_run(result, run, Path(out), mistakes)
@@ -270,7 +278,15 @@ def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpo
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="A method option, e.g. --set weight=cos01 (repeatable).")
 @dataset_options
-@click.option("--taxonomy", "-t", default=None, help="Taxonomy of the labels (default emotionroi6).")
+@click.option("--taxonomy", "-t", default=None, help="Taxonomy the model predicts (default emotionroi6).")
+@click.option("--label-taxonomy", default=None,
+              help="Taxonomy of the dataset's labels when it differs from --taxonomy (finer labels are mapped "
+                   "up through parents, e.g. emotion labels trained as polarity).")
+@click.option("--shots", type=click.IntRange(min=1), default=None,
+              help="Few-shot: K training images per class, drawn with --seed (recorded in model.json).")
+@click.option("--target", type=click.Choice(["labels", "votes"]), default=None,
+              help="Train on the labels, or on the annotators' vote distributions (needs --votes or "
+                   "votes in the data).")
 @backbone_options
 @cache_options
 @click.option("--epochs", type=int, default=None)
@@ -287,9 +303,9 @@ def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpo
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last epoch.")
 @click.option("--progress/--no-progress", default=None)
 @_handle_errors
-def train_command(config_files, method, sets, root, split_file, manifests, layout, fold, taxonomy, model, pretrained,
-                  device, cache_dir, no_cache, epochs, batch_size, lr, optimizer, scheduler, weight_decay, seed,
-                  val_fraction, also, name, out, resume, progress) -> None:
+def train_command(config_files, method, sets, root, split_file, manifests, layout, fold, label_file, votes, taxonomy,
+                  label_taxonomy, shots, target, model, pretrained, device, cache_dir, no_cache, epochs, batch_size, lr,
+                  optimizer, scheduler, weight_decay, seed, val_fraction, also, name, out, resume, progress) -> None:
     """Train a method on cached features, keep the best-on-validation checkpoint, score it on test."""
     from pathlib import Path
 
@@ -304,12 +320,14 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
             raise EmoclipError(f"--set needs KEY=VALUE, got '{item}'")
         options[key.strip()] = yaml.safe_load(value)
     overrides = {
-        "method": method, "options": options, "taxonomy": taxonomy, "name": name, "also": list(also) or None,
+        "method": method, "options": options, "taxonomy": taxonomy, "label_taxonomy": label_taxonomy, "name": name,
+        "also": list(also) or None,
         "data": {"root": root, "split_file": split_file, "manifests": list(manifests) or None, "layout": layout,
-                 "fold": fold},
+                 "fold": fold, "label_file": label_file, "votes": votes},
         "backbone": {"model": model, "pretrained": pretrained},
         "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-                  "scheduler": scheduler, "weight_decay": weight_decay, "seed": seed, "val_fraction": val_fraction},
+                  "scheduler": scheduler, "weight_decay": weight_decay, "seed": seed, "val_fraction": val_fraction,
+                  "shots": shots, "target": target},
     }
     config = merge(read_configs(list(config_files)), overrides)
     summary = run_experiment(config, out, device, cache_dir, no_cache, resume, progress)
@@ -322,18 +340,23 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
         per_epoch = f", {sum(h['seconds'] for h in history) / len(history):.2f} s/epoch"
     scores = " ".join(f"{k}={100 * v:.2f}" for k, v in test.items())
     fitted = (f"{t['epochs']} epochs{per_epoch}, best epoch {t.get('best_epoch')}" if t.get("epochs")
-              else f"fitted directly {t.get('fit', {})}")
+              else "fitted directly" + "".join(f", {k} {v:g}" for k, v in t.get("fit", {}).items()
+                                               if isinstance(v, int | float)))
+    if t.get("lr_selection"):
+        fitted += f", lr {t['lr_selection']['chosen']:g} chosen on validation"
     click.echo(f"{summary['method']}: {fitted} (val acc {100 * t.get('val_accuracy', 0):.2f}); "
                f"test {scores or 'not scored'} → {out}")
 
 
 @main.command()
 def methods() -> None:
-    """List the trainable methods and their options."""
+    """List the methods: zero-shot (no training) and the trainable ones with their options."""
     import dataclasses
 
     from .methods import list_methods
 
+    click.echo("zero-shot: CLIP with prompts, no training (`emoclip evaluate`/`predict` without --checkpoint)")
+    click.echo("    templates = 'a photo seems to express a feeling of {}'  (--templates, --synonyms)")
     for name, cls in list_methods().items():
         click.echo(f"{name}: {cls.summary}")
         for f in dataclasses.fields(cls.Config):

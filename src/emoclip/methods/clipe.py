@@ -124,6 +124,8 @@ class ClipEContrastive(Method):
         embedded = self.embed(batch["features"])
         generator = batch["generator"]
         chosen = []
+        if targets.ndim == 2:  # vote distributions: each image's caption class is drawn from its votes
+            targets = torch.multinomial(targets.float(), 1, generator=generator).flatten()
         for target in targets.tolist():
             own = torch.nonzero(self.caption_class == target).flatten()
             chosen.append(own[torch.randint(len(own), (1,), generator=generator)].item())
