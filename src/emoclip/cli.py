@@ -260,7 +260,7 @@ def evaluate(root, split_file, manifests, layout, fold, label_file, votes, split
     described = classifier.describe()
     run = {"name": name or described["method"], "method": described, "seed": seed, "checkpoint": checkpoint,
            "dataset": data.name, "split": split, "dataset_label": data.name.split(":")[0],
-           "data_source": data.source, "fold": data.extra.get("fold"),
+           "data_source": data.source, "fold": data.extra.get("fold"), "fast_decode": fast_decode,
            "backbone": backbone.identity(), "taxonomy": model_tax.name, "label_taxonomy": label_tax.name,
            "via": via}
     write_run(result, run, Path(out), mistakes)
@@ -325,7 +325,8 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
         "data": {"root": root, "split_file": split_file, "manifests": list(manifests) or None, "layout": layout,
                  "fold": fold, "label_file": label_file, "votes": votes},
         "backbone": {"model": model, "pretrained": pretrained},
-        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_grid": [] if lr is not None else None,
+                  "optimizer": optimizer,
                   "scheduler": scheduler, "weight_decay": weight_decay, "seed": seed, "val_fraction": val_fraction,
                   "shots": shots, "target": target},
     }
@@ -371,7 +372,11 @@ def methods() -> None:
               help="Also write the table here (.md) and its figures beside it (.json).")
 @_handle_errors
 def aggregate(runs, metric, out) -> None:
-    """Mean ± std over runs (seeds) in the layout of the papers' tables."""
+    """Mean ± std over seeds and folds in the layout of the papers' tables (RUNS: run folders or folders of them).
+
+    Runs differing only in seed and fold form one cell; other backbones, weights, precision, few-shot K
+    or data are separate, labelled rows or columns.
+    """
     import json
     from pathlib import Path
 
@@ -387,28 +392,55 @@ def aggregate(runs, metric, out) -> None:
         atomic_write_text(Path(out).with_suffix(".json"), json.dumps(table, indent=2) + "\n")
 
 
+@main.command()
+@click.argument("grid", type=click.Path(exists=True, dir_okay=False))
+@click.option("--device", default="auto", show_default=True, envvar="EMOCLIP_DEVICE", help="auto, cpu, cuda or cuda:N.")
+@cache_options
+@click.option("--dry-run", is_flag=True, help="List the runs that would run, run nothing.")
+@click.option("--progress/--no-progress", default=None)
+@_handle_errors
+def sweep(grid, device, cache_dir, no_cache, dry_run, progress) -> None:
+    """Run a grid of methods × seeds × shots × folds from a YAML file (skipping finished runs), then aggregate."""
+    from .sweep import run_sweep
+
+    run_sweep(grid, device, cache_dir, no_cache, progress, dry_run, echo=click.echo)
+
+
 @main.command("split")
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
 @click.option("--ratios", default="0.7,0.3", show_default=True, help="Comma-separated split sizes.")
 @click.option("--names", default="train,test", show_default=True, help="Comma-separated split names.")
+@click.option("--folds", type=int, default=None,
+              help="Make K stratified folds (fold1…foldK) instead; train with --split-file FILE --fold K.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--taxonomy", "-t", default=None,
+              help="Check every label against this taxonomy (without it, fold/split folder names are refused).")
+@click.option("--layout", default=None, help="Data layout (default: inferred; see `emoclip evaluate --help`).")
+@click.option("--label-file", type=click.Path(dir_okay=False), default=None,
+              help="Labels in one table for images without class folders.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="Split file to write (TSV).")
 @_handle_errors
-def split_command(root, ratios, names, seed, output) -> None:
-    """Make a deterministic stratified split of a class-folder dataset and write it as a split file."""
+def split_command(root, ratios, names, folds, seed, taxonomy, layout, label_file, output) -> None:
+    """Make a deterministic stratified split (or k folds) of a dataset and write it as a split file."""
     from collections import Counter
     from pathlib import Path
 
-    from .data.dataset import open_dataset, stratified_split, write_split_file
+    from .data.dataset import check_folder_labels, open_dataset, stratified_folds, stratified_split, write_split_file
+    from .taxonomy import load_taxonomy
 
-    try:
-        ratio_values = [float(r) for r in ratios.split(",")]
-    except ValueError:
-        raise EmoclipError(f"--ratios must be numbers separated by commas, got '{ratios}'") from None
-    data = stratified_split(open_dataset(root, layout="folders"), ratio_values, names.split(","), seed)
+    data = open_dataset(root, layout=layout, label_file=label_file)
+    check_folder_labels(data, load_taxonomy(taxonomy) if taxonomy else None)
+    if folds is not None:
+        data = stratified_folds(data, folds, seed)
+    else:
+        try:
+            ratio_values = [float(r) for r in ratios.split(",")]
+        except ValueError:
+            raise EmoclipError(f"--ratios must be numbers separated by commas, got '{ratios}'") from None
+        data = stratified_split(data, ratio_values, names.split(","), seed)
     write_split_file(data, Path(output), Path(root))
     counts = Counter(s.split for s in data.samples)
-    click.echo(f"{len(data)} images → " + ", ".join(f"{k}: {v}" for k, v in counts.items()) + f" → {output}")
+    click.echo(f"{len(data)} images → " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f" → {output}")
 
 
 @main.command()

@@ -12,7 +12,7 @@ Config (YAML or TOML), merged in the order method defaults → file → command 
     also: [polarity]
 
 Several files merge in order (``--config configs/datasets/emotionroi6.yaml --config
-configs/methods/ptdpc.yaml``); relative data paths are taken from the current folder.
+configs/methods/ptdpc-paper.yaml``); relative data paths are taken from the current folder.
 ``label_taxonomy`` trains on coarser classes than the data's labels (EmotionROI-2: emotion labels
 mapped to polarity through the taxonomy's parents). ``run_experiment`` encodes the train
 split once (feature cache), carves a stratified validation part from it (or uses the data's own
@@ -100,6 +100,54 @@ def _train_val(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Data
     return carved.subset(keep, f"{data.name}:train"), carved.subset(val, f"{data.name}:val")
 
 
+ZERO_SHOT = "zero-shot"
+
+
+def _open_data(config: dict[str, Any]) -> Dataset:
+    data_cfg = config.get("data") or {}
+    return open_dataset(data_cfg.get("root"), data_cfg.get("split_file"), data_cfg.get("manifests") or (),
+                        data_cfg.get("layout"), data_cfg.get("fold"), data_cfg.get("label_file"),
+                        data_cfg.get("votes"), data_cfg.get("split_seed") or 0)
+
+
+def run_zero_shot(config: dict[str, Any], out: str | Path, device: str = "auto", cache_dir: str | None = None,
+                  no_cache: bool = False) -> dict:
+    """The first row of every table: zero-shot CLIP scored like a trained run (``method: zero-shot``).
+
+    ``options`` may set ``templates`` and ``synonyms``; nothing is trained, so the seed and few-shot
+    settings change nothing and are recorded as given.
+    """
+    from .zeroshot import ZeroShotClassifier
+
+    out = Path(out)
+    options = dict(config.get("options") or {})
+    unknown = sorted(set(options) - {"templates", "synonyms"})
+    if unknown:
+        raise EmoclipError(f"method '{ZERO_SHOT}' has no option {', '.join(unknown)}; its options: synonyms, templates")
+    taxonomy = load_taxonomy(config.get("taxonomy") or "emotionroi6")
+    label_taxonomy = load_taxonomy(config.get("label_taxonomy") or taxonomy.name)
+    data = _open_data(config)
+    eval_split = config.get("eval_split", "test")
+    test = data.split(eval_split)
+    test.label_indices(label_taxonomy)
+    backbone_cfg = config.get("backbone") or {}
+    backbone = load_backbone(backbone_cfg.get("model") or DEFAULT_MODEL,
+                             backbone_cfg.get("pretrained") or DEFAULT_PRETRAINED, device)
+    cache = None if no_cache else FeatureCache(cache_dir or default_cache_dir(), backbone)
+    classifier = ZeroShotClassifier(backbone, taxonomy, options.get("templates"), bool(options.get("synonyms")))
+    result = evaluate(backbone, classifier, test, label_taxonomy, config.get("also") or (), cache)
+    train_cfg = config.get("train") or {}
+    run = {"name": config.get("name") or ZERO_SHOT, "method": classifier.describe(), "seed": train_cfg.get("seed", 0),
+           "dataset": test.name, "split": eval_split, "dataset_label": data.name, "data_source": data.source,
+           "fold": data.extra.get("fold"), "shots": 0, "target": "labels", "backbone": backbone.identity(),
+           "taxonomy": taxonomy.name, "label_taxonomy": label_taxonomy.name}
+    write_run(result, run, out)
+    summary = {"method": ZERO_SHOT, "training": {"epochs": 0},
+               "test": {"accuracy": result.metrics["accuracy"], "macro_f1": result.metrics["macro_f1"]}}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def _tensors(table, labels) -> tuple[torch.Tensor, torch.Tensor]:
     ok = torch.from_numpy(table.ok)
     return torch.from_numpy(table.features)[ok], torch.from_numpy(labels)[ok]
@@ -150,15 +198,15 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
         raise EmoclipError(f"say which method to train (--method or 'method:' in --config); one of "
                            f"{', '.join(list_methods())}")
     methods = list_methods()
+    if name == ZERO_SHOT:
+        return run_zero_shot(config, out, device, cache_dir, no_cache)
     if name not in methods:
-        raise EmoclipError(f"unknown method '{name}'; `emoclip methods` lists them: {', '.join(methods)}")
+        raise EmoclipError(f"unknown method '{name}'; `emoclip methods` lists them: {ZERO_SHOT}, "
+                           f"{', '.join(methods)}")
     train_options = merge(methods[name].train_defaults, config.get("train") or {})
     train_config = TrainConfig.from_dict(train_options)
     taxonomy = load_taxonomy(config.get("taxonomy") or "emotionroi6")
-    data_cfg = config.get("data") or {}
-    data = open_dataset(data_cfg.get("root"), data_cfg.get("split_file"), data_cfg.get("manifests") or (),
-                        data_cfg.get("layout"), data_cfg.get("fold"), data_cfg.get("label_file"),
-                        data_cfg.get("votes"), data_cfg.get("split_seed") or 0)
+    data = _open_data(config)
     label_taxonomy = load_taxonomy(config.get("label_taxonomy") or taxonomy.name)
     data.label_indices(label_taxonomy)
     if label_taxonomy.name != taxonomy.name:

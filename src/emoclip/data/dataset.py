@@ -726,17 +726,23 @@ def few_shot(dataset: Dataset, shots: int, seed: int = 0, label_of: Callable[[Sa
     return dataset.subset(keep, dataset.name), record
 
 
-def check_folder_labels(dataset: Dataset, taxonomy: Taxonomy) -> None:
-    """Refuse labels that are not classes of ``taxonomy`` (e.g. fold folders taken for classes)."""
-    bad = sorted({s.label for s in dataset.samples if not _resolves(taxonomy, s.label)})
+def check_folder_labels(dataset: Dataset, taxonomy: Taxonomy | None) -> None:
+    """Refuse labels that are not classes of ``taxonomy`` (e.g. fold folders taken for classes).
+
+    Without a taxonomy only names that are plainly folds or splits (``partition1``, ``train``) are refused.
+    """
+    labels = sorted({s.label for s in dataset.samples})
+    folds = [b for b in labels if fold_number(b) is not None or b.lower() in SPLIT_FOLDER_NAMES]
+    bad = [b for b in labels if not _resolves(taxonomy, b)] if taxonomy is not None else folds
     if not bad:
         return
-    folds = [b for b in bad if fold_number(b) is not None or b.lower() in SPLIT_FOLDER_NAMES]
-    fix = ("these look like fold or split folders, not classes: open the data with its layout "
-           "(--label-file FILE for images with a separate label table, or --layout kfold)" if folds else
-           f"rename the folders to classes of {taxonomy.name} or pass the taxonomy they belong to with -t")
+    fix = ("these are fold or split folders, not classes: give the labels with --label-file FILE "
+           "(image<TAB>label rows) and let the layout be inferred, or --layout kfold" if set(bad) <= set(folds) else
+           f"rename the folders to classes of {taxonomy.name if taxonomy else 'your taxonomy'} or pass the taxonomy "
+           "they belong to with -t")
+    known = f"taxonomy '{taxonomy.name}' ({', '.join(taxonomy.names)})" if taxonomy else "any taxonomy"
     raise TaxonomyError(f"folder names {', '.join(bad[:5])}{' …' if len(bad) > 5 else ''} are not labels of "
-                        f"taxonomy '{taxonomy.name}' ({', '.join(taxonomy.names)}); {fix}")
+                        f"{known}; {fix}")
 
 
 def _resolves(taxonomy: Taxonomy, label: str) -> bool:
