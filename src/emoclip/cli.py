@@ -138,10 +138,12 @@ def main(verbose: bool) -> None:
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Decoding threads (default: CPUs).")
 @click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(min=1),
               help="Refuse larger images as possible decompression bombs.")
+@click.option("--multi", type=click.FloatRange(0, 1), default=None, metavar="P",
+              help="Also list every label with probability >= P (field 'multi'): the images that evoke several.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
 @_handle_errors
 def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pretrained, device, cache_dir, no_cache,
-            fast_decode, int8, top_k, also, fmt, output, batch_size, workers, max_pixels, progress) -> None:
+            fast_decode, int8, top_k, also, fmt, output, batch_size, workers, max_pixels, multi, progress) -> None:
     """Tag images (files, folders searched recursively, or globs) with emotions.
 
     One row per image: the top label, its probability, the top-k labels, the full distribution and
@@ -152,7 +154,7 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
 
     config = _config(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, int8, fast_decode,
                      cache_dir, no_cache, top_k=top_k, also=tuple(also) or None, batch_size=batch_size,
-                     workers=workers, max_pixels=max_pixels)
+                     workers=workers, max_pixels=max_pixels, multi=multi)
     preflight(config)
     from tqdm import tqdm
 
