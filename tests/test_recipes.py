@@ -64,8 +64,9 @@ def test_shipped_config_carries_the_published_numbers(file):
     assert method in list_methods()
 
 
-@pytest.mark.parametrize("method, file", [("ptdpc", "ptdpc-paper.yaml"), ("coop", "coop.yaml"),
-                                          ("clipe-ce", "clipe-ce.yaml"), ("clipe-contrastive", "clipe-contrastive.yaml")])
+@pytest.mark.parametrize("method, file", [
+    ("ptdpc", "ptdpc-paper.yaml"), ("coop", "coop.yaml"), ("clipe-ce", "clipe-ce.yaml"),
+    ("clipe-contrastive", "clipe-contrastive.yaml")])
 def test_method_defaults_are_their_published_recipe(method, file):
     """`emoclip train --method X` without a config trains with the same recipe the shipped file states."""
     defaults = TrainConfig.from_dict(list_methods()[method].train_defaults)
