@@ -126,6 +126,8 @@ def _looks_like_image(cell: str) -> bool:
 def _is_header(row: Sequence[str]) -> bool:
     """A first row is a header when its first cell names a column rather than an image."""
     first = row[0].strip().strip("[]").lower()
+    if first.isdigit():  # an image id
+        return False
     return first in _HEADER_WORDS or (not _looks_like_image(row[0]) and not any(_looks_like_image(c) for c in row))
 
 
@@ -138,6 +140,8 @@ class ImageIndex:
         self.by_name: dict[str, list[Path]] = {}
         for p in self.images:
             self.by_name.setdefault(p.name.lower(), []).append(p)
+            if p.stem.lower() != p.name.lower():
+                self.by_name.setdefault(p.stem.lower(), []).append(p)  # tables that list ids without a suffix
 
     def find(self, key: str, origin: str) -> Path | None:
         key = key.strip().replace("\\", "/")
