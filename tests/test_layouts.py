@@ -212,3 +212,11 @@ def test_few_shot_is_seeded_per_class_and_keeps_short_classes(tmp_path):
     assert few_shot(data, 4, seed=1)[0].paths == picked.paths
     assert few_shot(data, 4, seed=2)[0].paths != picked.paths
     assert set(few_shot(data, 4, seed=1)[0].paths) <= set(data.paths)
+
+
+def test_label_table_of_ids_without_suffix_and_no_header(tmp_path):
+    for i in (101, 102):
+        image(tmp_path / "imgs" / f"{i}.jpg", seed=i)
+    (tmp_path / "labels.tsv").write_text("101\tpositive\n102\tnegative\n")
+    data = open_dataset(tmp_path / "imgs", label_file=tmp_path / "labels.tsv")
+    assert data.extra["layout"] == "labelled" and sorted(data.labels) == ["negative", "positive"]

@@ -341,7 +341,8 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
     history = [json.loads(line) for line in log_file.read_text().splitlines()] if t.get("epochs") else []
     if history:
         per_epoch = f", {sum(h['seconds'] for h in history) / len(history):.2f} s/epoch"
-    scores = " ".join(f"{k}={100 * v:.2f}" for k, v in test.items())
+    scores = " ".join(f"{k}={100 * v:.2f}" if k.endswith(("accuracy", "f1")) else f"{k}={v:.4f}"
+                      for k, v in test.items())
     fitted = (f"{t['epochs']} epochs{per_epoch}, best epoch {t.get('best_epoch')}" if t.get("epochs")
               else "fitted directly" + "".join(f", {k} {v:g}" for k, v in t.get("fit", {}).items()
                                                if isinstance(v, int | float)))
