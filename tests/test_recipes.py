@@ -72,3 +72,13 @@ def test_method_defaults_are_their_published_recipe(method, file):
     defaults = TrainConfig.from_dict(list_methods()[method].train_defaults)
     shipped = TrainConfig.from_dict({**list_methods()[method].train_defaults, **read_config(METHODS / file)["train"]})
     assert defaults == shipped
+
+
+@pytest.mark.parametrize("grid", sorted(p.name for p in (METHODS.parent / "sweeps").glob("*.yaml")))
+def test_shipped_sweeps_plan_from_the_shipped_configs(grid, monkeypatch):
+    from emoclip.sweep import plan, read_grid
+
+    monkeypatch.chdir(METHODS.parents[1])  # the sweeps name configs relative to the repository root
+    runs = plan(read_grid(METHODS.parent / "sweeps" / grid))
+    assert runs and len({r.folder for r in runs}) == len(runs)  # every run has its own folder
+    assert {r.config["method"] for r in runs} >= {"zero-shot", "ptdpc", "clipe-ce", "linear-probe"}
