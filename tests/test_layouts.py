@@ -220,3 +220,9 @@ def test_label_table_of_ids_without_suffix_and_no_header(tmp_path):
     (tmp_path / "labels.tsv").write_text("101\tpositive\n102\tnegative\n")
     data = open_dataset(tmp_path / "imgs", label_file=tmp_path / "labels.tsv")
     assert data.extra["layout"] == "labelled" and sorted(data.labels) == ["negative", "positive"]
+
+
+def test_a_layout_without_splits_says_how_to_make_one(tmp_path):
+    image(tmp_path / "art" / "fear_1.jpg")
+    with pytest.raises(EmoclipError, match=r"emoclip split ROOT -o split.tsv.*--split all"):
+        open_dataset(tmp_path / "art").split("test")

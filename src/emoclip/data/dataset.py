@@ -84,8 +84,11 @@ class Dataset:
             return self
         keep = [i for i, s in enumerate(self.samples) if s.split == name]
         if not keep:
-            raise EmoclipError(f"dataset {self.name} has no '{name}' split; its splits are: "
-                               f"{', '.join(self.splits) or 'none (give a split file)'}")
+            if not self.splits:
+                raise EmoclipError(f"dataset {self.name} has no '{name}' split (its layout has none); make one with "
+                                   "`emoclip split ROOT -o split.tsv` (or `--folds 5`) and pass --split-file, "
+                                   "or score every image with --split all")
+            raise EmoclipError(f"dataset {self.name} has no '{name}' split; its splits are: {', '.join(self.splits)}")
         return self.subset(keep, f"{self.name}:{name}")
 
     def subset(self, indices: Sequence[int], name: str | None = None) -> Dataset:
