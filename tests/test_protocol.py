@@ -176,6 +176,9 @@ set:
     (tmp_path / "runs" / "linear-probe" / "fold-2" / "seed-1" / "summary.json").unlink()
     third = run("sweep", grid, "--device", "cpu", "--no-progress")
     assert "5 finished, 1 to run" in third.stdout and "linear-probe/fold-2/seed-1" in third.stdout
+    grid.write_text(grid.read_text().replace("taxonomy: polarity", "taxonomy: polarity\n  also: [polarity]"))
+    edited = run("sweep", grid, "--device", "cpu", "--dry-run")
+    assert "6 finished runs were made with another config" in edited.stdout
 
 
 def test_train_takes_label_taxonomy_and_verbose_prints_no_raw_dicts(data, tmp_path):

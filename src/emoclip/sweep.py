@@ -17,7 +17,9 @@ The grid is a YAML (or TOML) file::
 Each run lives in ``out/<method>/shots-<K>/fold-<F>/seed-<S>/`` (folders for axes the grid does not
 have are left out). A run is finished when its ``summary.json`` exists (written last, atomically);
 finished runs are skipped, an interrupted one resumes from its last epoch, so rerunning the sweep
-does only what is missing. It ends by aggregating every run into ``out/table.md`` and ``table.json``.
+does only what is missing; a finished run whose recorded config differs from an edited grid is
+reported (kept, never overwritten). It ends by aggregating every run into ``out/table.md`` and
+``table.json``.
 Zero-shot does not depend on the seed or the shots: it runs once per fold.
 """
 
@@ -40,6 +42,7 @@ from .experiment import ZERO_SHOT, merge, read_configs
 log = logging.getLogger("emoclip")
 GRID_KEYS = {"out", "configs", "methods", "seeds", "shots", "folds", "set", "metric"}
 SUMMARY = "summary.json"
+PLANNED = "sweep-config.json"   # the config a run was made with, to notice an edited grid
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,16 @@ class Run:
     @property
     def finished(self) -> bool:
         return (self.folder / SUMMARY).is_file()
+
+    @property
+    def stale(self) -> bool:
+        """Finished with another config than the grid now asks for (the grid file was edited)."""
+        recorded = self.folder / PLANNED
+        return self.finished and recorded.is_file() and json.loads(recorded.read_text()) != _plain(self.config)
+
+
+def _plain(config: dict[str, Any]) -> Any:
+    return json.loads(json.dumps(config, default=str))
 
 
 def read_grid(path: str | Path) -> dict[str, Any]:
@@ -134,10 +147,16 @@ def run_sweep(path: str | Path, device: str = "auto", cache_dir: str | None = No
     runs = plan(grid)
     todo = [r for r in runs if not r.finished]
     echo(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run")
+    stale = [r for r in runs if r.stale]
+    if stale:
+        echo(f"sweep: warning: {len(stale)} finished runs were made with another config than the grid now gives "
+             f"(first: {stale[0].folder}); they are kept — delete their folders to rerun them")
     for n, run in enumerate(todo, 1):
         echo(f"[{n}/{len(todo)}] {run.folder}")
         if dry_run:
             continue
+        run.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.folder / PLANNED, json.dumps(_plain(run.config), indent=2) + "\n")
         run_experiment(run.config, run.folder, device, cache_dir, no_cache, resume=True, progress=progress)
     out = Path(grid.get("out") or "runs/sweep")
     done = [r.folder for r in runs if (r.folder / "metrics.json").is_file()]
