@@ -44,6 +44,7 @@ class TaggerConfig:
     # the rows
     top_k: int = 3
     also: tuple[str, ...] | None = None   # coarser levels; None: every level the taxonomy maps into
+    multi: float | None = None        # also list every label with probability >= multi
     # the pipeline
     batch_size: int | None = None
     workers: int | None = None
@@ -129,4 +130,4 @@ def build_tagger(config: TaggerConfig) -> Tagger:
     backbone, classifier = build_classifier(config)
     return Tagger(backbone, classifier, top_k=config.top_k, coarse_levels=list(config.also) if config.also else None,
                   batch_size=config.batch_size, workers=config.workers, max_pixels=config.max_pixels,
-                  cache=open_cache(config, backbone))
+                  cache=open_cache(config, backbone), multi=config.multi)
