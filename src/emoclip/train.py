@@ -102,9 +102,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
 
 
 def _accuracy(method: Method, x: torch.Tensor, y: torch.Tensor) -> float:
-    if len(y) == 0:
-        return float("nan")
-    return (method.logits(x).argmax(1) == y).float().mean().item()
+    return method.accuracy(x, y)
 
 
 def train(method: Method, train_data: tuple[torch.Tensor, torch.Tensor], val_data: tuple[torch.Tensor, torch.Tensor],
@@ -164,7 +162,7 @@ def train(method: Method, train_data: tuple[torch.Tensor, torch.Tensor], val_dat
         for start in bar:
             index = order[start:start + config.batch_size]
             features, targets = x[index], y[index]
-            logits = method(features)
+            logits = method(features) if method.loss_uses_logits else None
             batch = {"features": features, "generator": generator, "index": index,
                      "paths": [train_paths[i] for i in index.tolist()] if train_paths else None}
             loss = method.loss(logits, targets, batch)
