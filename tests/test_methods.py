@@ -42,10 +42,17 @@ def separable(tiny):
 
 @pytest.fixture
 def options_for(request):
-    """Each method's options for the registry-wide tests: ugrie reads the tiny offline BART."""
+    """Each method's options for the registry-wide tests: ugrie reads the tiny offline BART (on one thread:
+    its hundreds of tiny matrix products run ~30× slower when two threads fight a busy machine's cores)."""
+    threads = torch.get_num_threads()
+
     def options(name: str) -> dict:
-        return {"bart": str(request.getfixturevalue("tiny_bart"))} if name == "ugrie" else {}
-    return options
+        if name != "ugrie":
+            return {}
+        torch.set_num_threads(1)
+        return {"bart": str(request.getfixturevalue("tiny_bart"))}
+    yield options
+    torch.set_num_threads(threads)
 
 
 def quick_config(name: str, **overrides) -> TrainConfig:

@@ -31,6 +31,16 @@ SCORE_ATOL = 1e-4
 FAST = {"epochs": 5, "batch_size": 10, "optimizer": "adam", "lr": 1e-2}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny BART's hundreds of small matrix products run ~30× slower when two threads fight a busy
+    machine's cores; one thread keeps this module fast everywhere (results do not depend on it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def six():
     return load_taxonomy("emotionroi6")
