@@ -39,9 +39,13 @@ def main() -> None:
                                                              "precision fp32|bf16)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--features", choices=["cache", "random"], default="cache")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     import torch.nn.functional as F
 
     from emoclip import load_backbone, load_taxonomy

@@ -340,7 +340,8 @@ def methods() -> None:
     for name, cls in list_methods().items():
         click.echo(f"{name}: {cls.summary}")
         for f in dataclasses.fields(cls.Config):
-            click.echo(f"    {f.name} = {f.default!r}")
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            click.echo(f"    {f.name} = {default!r}")
 
 
 @main.command()
