@@ -75,36 +75,37 @@ def test_templates_spell_the_parent_chain():
         EmotionTemplates.from_dict({**templates.to_dict(), "sentence": "no slot here"})
 
 
-@pytest.mark.parametrize("length_norm", ["sum", "token-mean"])
-def test_class_scores_equal_summed_token_logprobs_recomputed_one_sentence_at_a_time(tiny, tiny_bart, length_norm):
-    # labels of different token lengths (unknown words read as <unk>), and a taxonomy never trained on
+def test_class_scores_equal_summed_token_logprobs_recomputed_one_sentence_at_a_time(tiny, tiny_bart, shake):
+    # shaken: `shake` images scored at once (every image × class pair in one decoder batch), at 1 and 2
+    # threads, against BART's own forward on one (image, sentence) at a time: see SCORE_ATOL.
+    # Labels of different token lengths (unknown words read as <unk>), a taxonomy never trained on.
     taxonomy = taxonomy_from_labels(["calm", "deeply tense mood", "joy"], name="mood")
-    method = ugrie(tiny, load_taxonomy("emotionroi6"), tiny_bart, length_norm=length_norm).eval()
-    x = F.normalize(torch.randn(3, tiny.feature_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
-    scores = method.for_taxonomy(taxonomy).logits(x)
+    six = load_taxonomy("emotionroi6")
+    summed, averaged = (ugrie(tiny, six, tiny_bart, length_norm=norm).eval() for norm in ("sum", "token-mean"))
+    x = F.normalize(torch.randn(shake, tiny.feature_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
 
-    bart, tok, cfg = method.bart, method.tokenizer, method.bart.config
+    bart, tok, cfg = summed.bart, summed.tokenizer, summed.bart.config
     templates = load_templates(None)
 
     def ids(text):
         return torch.tensor([[cfg.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"], cfg.eos_token_id]])
 
     task = ids(templates.task_text(taxonomy))
-    expected = torch.zeros(3, len(taxonomy))
+    expected = torch.zeros(shake, len(taxonomy))
     lengths = torch.zeros(len(taxonomy))
     for c, sentence in enumerate(templates.sentences(taxonomy)):
         labels = ids(sentence)
         lengths[c] = labels.shape[1]
         decoder_input = torch.cat([torch.tensor([[cfg.decoder_start_token_id]]), labels[:, :-1]], 1)
-        for n in range(3):
+        for n in range(shake):
             with torch.no_grad():
-                embeds = torch.cat([method.mapping(x[n:n + 1]), bart.get_input_embeddings()(task)], 1)
+                embeds = torch.cat([summed.mapping(x[n:n + 1]), bart.get_input_embeddings()(task)], 1)
                 logp = bart(inputs_embeds=embeds, decoder_input_ids=decoder_input).logits.log_softmax(-1)
             expected[n, c] = logp[0, torch.arange(labels.shape[1]), labels[0]].sum()
     assert len(set(lengths.tolist())) > 1
-    if length_norm == "token-mean":
-        expected = expected / lengths * lengths.mean()
-    torch.testing.assert_close(scores, expected, rtol=0, atol=SCORE_ATOL)
+    torch.testing.assert_close(summed.for_taxonomy(taxonomy).logits(x), expected, rtol=0, atol=SCORE_ATOL)
+    torch.testing.assert_close(averaged.for_taxonomy(taxonomy).logits(x), expected / lengths * lengths.mean(),
+                               rtol=0, atol=SCORE_ATOL)
 
 
 @pytest.fixture(scope="module")
