@@ -1,8 +1,9 @@
 """UGRIE training time per epoch on Emotion6: ViT-B/32 features, the BART-base architecture with random weights.
 
 Real BART weights cannot be downloaded here, and the compute does not depend on their values: the
-BART is built offline from ``BartConfig()`` defaults (bart-base: 6+6 layers, width 768, the
-50,265-entry output layer) with a word-level tokenizer of emoclip's words (``emoclip.random_bart``).
+BART is built offline from a ``BartConfig`` with facebook/bart-base's architecture (6+6 layers, width
+768, the 50,265-entry output layer; ``BartConfig()``'s bare defaults are bart-large's) with a
+word-level tokenizer of emoclip's words (``emoclip.random_bart``).
 Image features come from ViT-B/32 with random weights through the feature cache (encoded once; the
 one-time encoding is reported apart, as every epoch reads the cache), or ``--features random``
 (unit vectors of the same width: the same epoch compute without the encoding).

@@ -2,8 +2,8 @@
 
 Real BART weights need the Hugging Face hub. Where it cannot be reached, this writes a folder that
 ``--set bart=FOLDER`` reads like a downloaded one: ``tiny`` (a few layers of width 32: tests,
-smoke runs) or ``base`` (``BartConfig()`` defaults, the bart-base architecture with its 50,265-entry
-output layer: timings). Its tokenizer knows the words of the UGRIE templates and of every built-in
+smoke runs) or ``base`` (facebook/bart-base's architecture, with its 50,265-entry output layer:
+timings). Its tokenizer knows the words of the UGRIE templates and of every built-in
 taxonomy (names, parents, synonyms) plus any ``extra_words``; others read as ``<unk>``. Predictions
 of such a model mean nothing until trained; the compute is real.
 
@@ -23,7 +23,11 @@ SPECIAL = ("<s>", "<pad>", "</s>", "<unk>")  # BART's ids 0-3
 TINY = {"d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attention_heads": 2,
         "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "max_position_embeddings": 128,
         "init_std": 0.2, "dropout": 0.0}
-SIZES = {"tiny": TINY, "base": {}}
+# facebook/bart-base's architecture (its config.json). BartConfig()'s own defaults are bart-large's (12+12
+# layers, width 1024: 406 M parameters), not bart-base's.
+BASE = {"d_model": 768, "encoder_layers": 6, "decoder_layers": 6, "encoder_attention_heads": 12,
+        "decoder_attention_heads": 12, "encoder_ffn_dim": 3072, "decoder_ffn_dim": 3072}
+SIZES = {"tiny": TINY, "base": BASE}
 
 
 def emoclip_words(extra_words: Iterable[str] = ()) -> list[str]:
