@@ -305,6 +305,7 @@ class UGRIE(Method):
         from transformers.modeling_outputs import BaseModelOutput
 
         taxonomy = taxonomy or self.taxonomy
+        was_training = self.training
         self.eval()
         with self._autocast():
             hidden, mask = self.encode(features.float(), [self.view_tokens(taxonomy)[0]] * len(features))
@@ -313,6 +314,7 @@ class UGRIE(Method):
                                      max_new_tokens=self.config.max_new_tokens, num_beams=1, do_sample=False,
                                      decoder_start_token_id=self.start_id, bos_token_id=self.bos_id,
                                      eos_token_id=self.eos_id, pad_token_id=self.pad_id)
+        self.train(was_training)
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return scores, [" ".join(t.split()) for t in texts]
 
