@@ -21,6 +21,7 @@ the shards (in name order) as one table while the job runs or after it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -65,6 +66,8 @@ class ShardLayout:
     levels: dict[str, tuple[str, ...]]
     extra_columns: tuple[str, ...] = ()
     feature_dim: int | None = None   # set: a float32 list column `feature`
+    multi: bool = False              # the tagger lists every label above --multi P
+    generated: bool = False          # the method writes a sentence (ugrie)
 
     @classmethod
     def for_tagger(cls, tagger: Tagger, extra_columns: Sequence[str] = (), save_features: bool = False
@@ -72,7 +75,8 @@ class ShardLayout:
         tax = tagger.taxonomy
         levels = {name: tuple(tax.find_ancestor(name).names) for name in tagger.coarse_levels}
         return cls(tuple(tax.names), levels, tuple(extra_columns),
-                   tagger.backbone.feature_dim if save_features else None)
+                   tagger.backbone.feature_dim if save_features else None, tagger.multi is not None,
+                   tagger.generates_text)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -80,7 +84,7 @@ class ShardLayout:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShardLayout:
         return cls(tuple(data["class_names"]), {k: tuple(v) for k, v in data["levels"].items()},
-                   tuple(data["extra_columns"]), data["feature_dim"])
+                   tuple(data["extra_columns"]), data["feature_dim"], data["multi"], data["generated"])
 
     def schema(self) -> pa.Schema:
         """Explicit types, so a shard of only error rows has the same schema as every other shard."""
@@ -89,9 +93,11 @@ class ShardLayout:
         from .output import flat_row
         from .predict import Prediction
 
-        text_columns = {"path", "label", "top_k", "error"} | {f"{level}_label" for level in self.levels}
+        text_columns = {"path", "label", "top_k", "multi", "generated", "error"} | {
+            f"{level}_label" for level in self.levels}
+        empty = Prediction(path="", multi=[] if self.multi else None)
         fields = [pa.field(name, pa.string() if name in text_columns else pa.float64())
-                  for name in flat_row(Prediction(path=""), self.class_names, self.levels)]
+                  for name in flat_row(empty, self.class_names, self.levels, self.generated)]
         fields += [pa.field(name, pa.string()) for name in self.extra_columns]
         if self.feature_dim is not None:
             fields.append(pa.field("feature", pa.list_(pa.float32())))
@@ -109,7 +115,9 @@ class ShardLayout:
 
         records = []
         for pred, item in zip(rows, items, strict=True):
-            record = flat_row(pred, self.class_names, self.levels)
+            if self.multi and pred.multi is None:  # an item that could not even be read
+                pred = dataclasses.replace(pred, multi=[])
+            record = flat_row(pred, self.class_names, self.levels, self.generated)
             record.update({name: getattr(item, name) for name in self.extra_columns})
             if self.feature_dim is not None:
                 record["feature"] = None if pred.feature is None else np.asarray(pred.feature, np.float32)
