@@ -51,11 +51,13 @@ def test_other_backbones_are_separate_labelled_rows():
     assert all(cell["n"] == 1 for row in table.values() for cell in row.values())
 
 
-def test_int8_and_fast_decode_are_not_averaged_with_fp32():
-    table = aggregate([metrics(0.5, backbone=VIT), metrics(0.6, backbone={**VIT, "image_encoder": "int8"}),
-                       metrics(0.7, backbone=VIT, fast_decode=True)])
-    assert sorted(table) == ["ptdpc (ViT-B-32/openai)", "ptdpc (ViT-B-32/openai, fast-decode)",
-                             "ptdpc (ViT-B-32/openai, int8)"]
+def test_other_precision_and_decoding_are_not_averaged_with_fp32():
+    table = aggregate([metrics(0.5, backbone=VIT), metrics(0.6, backbone={**VIT, "precision": "bf16"}),
+                       metrics(0.7, backbone={**VIT, "decode": "draft"}),
+                       metrics(0.8, backbone={**VIT, "precision": "fp32", "decode": "full"})])
+    assert sorted(table) == ["ptdpc (ViT-B-32/openai)", "ptdpc (ViT-B-32/openai, bf16)",
+                             "ptdpc (ViT-B-32/openai, draft decode)"]
+    assert table["ptdpc (ViT-B-32/openai)"]["twitter1 [polarity]"]["n"] == 2  # fp32/full stated or implied
 
 
 def test_few_shot_k_and_vote_targets_are_separate_rows():
