@@ -4,10 +4,9 @@ The rules, so a table never averages what it should not:
 
 - runs that differ **only** in seed and fold form one cell: mean ± sample std (ddof=1) and n, the
   seeds and the folds it averages over (five folds of one seed: n = 5);
-- runs that differ in anything else never merge: another backbone, weights or encoder spec
-  (precision bf16/fp16, draft decoding) is another row, labelled with it; another few-shot K or
-  training target is another row; another data source under the same dataset name is another
-  column, labelled with its source;
+- runs that differ in anything else never merge: another backbone, weights or precision (bf16,
+  fast decoding) is another row, labelled with it; another few-shot K or training target is another
+  row; another data source under the same dataset name is another column, labelled with its source;
 - the table's first line says what each cell averages over.
 """
 
@@ -52,16 +51,16 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
 def _backbone_key(run: dict) -> tuple:
     """The encoder spec a run's features came from (model, weights, precision, decode mode)."""
     backbone = run.get("backbone") or {}
-    precision = backbone.get("precision") or backbone.get("image_encoder") or "fp32"
-    decode = backbone.get("decode") or "full"
+    # the encoder spec recorded by evaluate/train; runs from before it had neither field (fp32, full decode)
+    precision = backbone.get("precision") or "fp32"
+    decode = "draft-decode" if backbone.get("decode") == "draft" else ""
     return (backbone.get("model", "?"), str(backbone.get("weights", "?")), precision, decode)
 
 
 def _backbone_label(key: tuple) -> str:
     model, weights, precision, decode = key
     weights = weights if len(weights) <= 24 else weights[:21] + "…"
-    extras = [x for x in (precision if precision != "fp32" else "", f"{decode} decode" if decode != "full" else "")
-              if x]
+    extras = [x for x in (precision if precision != "fp32" else "", decode) if x]
     return f"{model}/{weights}" + (f", {', '.join(extras)}" if extras else "")
 
 

@@ -178,7 +178,7 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
     failed = 0
     bar = tqdm(total=len(images), unit="img", disable=None if progress is None else not progress,
                file=sys.stderr, dynamic_ncols=True)
-    with bar, open_writer(fmt, output, tax.names, levels) as writer:
+    with bar, open_writer(fmt, output, tax.names, levels, tagger.generates_text) as writer:
         for row in tagger.tag(images, progress=bar.update):
             writer.write(row)
             failed += not row.ok
@@ -243,8 +243,8 @@ def _dataset(root, split_file, manifests, layout, fold, label_file=None, votes=N
 @click.option("--mistakes", default=12, show_default=True, help="Thumbnails of the most confident mistakes.")
 @_handle_errors
 def evaluate(root, split_file, manifests, layout, fold, label_file, votes, split, taxonomy, checkpoint, labels,
-             templates, synonyms, label_taxonomy, via, also, model, pretrained, device, cache_dir, no_cache, decode,
-             precision, out, name, seed, batch_size, workers, mistakes) -> None:
+             templates, synonyms, label_taxonomy, via, also, model, pretrained, device, cache_dir, no_cache,
+             decode, precision, out, name, seed, batch_size, workers, mistakes) -> None:
     """Score a model on a dataset split; write metrics.json, plots and report.md to --out."""
     from pathlib import Path
 
@@ -323,7 +323,7 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
 
     import yaml
 
-    from .experiment import merge, read_configs, run_experiment
+    from .bart_weights import preflight_experiment
 
     options = {}
     for item in sets:
@@ -331,6 +331,9 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
         if not sep:
             raise EmoclipError(f"--set needs KEY=VALUE, got '{item}'")
         options[key.strip()] = yaml.safe_load(value)
+    preflight_experiment(list(config_files), method, options)  # BART offline: answer before torch loads
+
+    from .experiment import merge, read_configs, run_experiment
     overrides = {
         "method": method, "options": options, "taxonomy": taxonomy, "label_taxonomy": label_taxonomy, "name": name,
         "also": list(also) or None,
@@ -374,7 +377,8 @@ def methods() -> None:
     for name, cls in list_methods().items():
         click.echo(f"{name}: {cls.summary}")
         for f in dataclasses.fields(cls.Config):
-            click.echo(f"    {f.name} = {f.default!r}")
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            click.echo(f"    {f.name} = {default!r}")
 
 
 @main.command()
