@@ -44,6 +44,9 @@ RECIPES = {
                   {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 0.0005, "scheduler": "cosine",
                    "warmup_epochs": 1, "warmup_lr": 0.00001, "batch_size": 32, "epochs": 200}),
     "linear-probe.yaml": ("linear-probe", {}, {}),
+    # UGRIE's paper publishes no recipe: these are emoclip's documented choices, pinned so they do not drift
+    "ugrie.yaml": ("ugrie", {"tune": "full", "prefix_length": 8},
+                   {"optimizer": "adamw", "lr": 0.0001, "weight_decay": 0.01, "epochs": 10, "batch_size": 16}),
 }
 
 
