@@ -37,6 +37,8 @@ def prediction_record(pred: Prediction) -> dict:
                          "distribution": rounded(dist)}
     if pred.generated is not None:
         record["generated"] = pred.generated
+    if pred.multi is not None:
+        record["multi"] = [{"label": lbl, "probability": round(p, PROBABILITY_DIGITS)} for lbl, p in pred.multi]
     record["error"] = pred.error
     return record
 
@@ -96,6 +98,8 @@ def flat_row(pred: Prediction, class_names: Sequence[str], levels: dict[str, Seq
         row.update({f"{level}_p_{c}": fmt(dist.get(c)) for c in names})
     if generated:
         row["generated"] = pred.generated or ""
+    if pred.multi is not None:
+        row["multi"] = "|".join(f"{lbl}:{p:.4f}" for lbl, p in pred.multi)
     row["error"] = pred.error or ""
     return row
 
@@ -103,11 +107,23 @@ def flat_row(pred: Prediction, class_names: Sequence[str], levels: dict[str, Seq
 class CsvWriter(RowWriter):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        empty = flat_row(Prediction(path=""), self.class_names, self.levels, self.generated)
-        self.writer = csv.DictWriter(self.handle, fieldnames=list(empty), lineterminator="\n")
-        self.writer.writeheader()
+        self.writer: csv.DictWriter | None = None
+
+    def _header(self, pred: Prediction) -> csv.DictWriter:
+        """The columns of the first row (optional ones, like ``multi``, are on every row or none)."""
+        if self.writer is None:
+            empty = Prediction(path="", multi=pred.multi)
+            fields = list(flat_row(empty, self.class_names, self.levels, self.generated))
+            self.writer = csv.DictWriter(self.handle, fieldnames=fields, lineterminator="\n")
+            self.writer.writeheader()
+        return self.writer
+
+    def finish(self) -> None:
+        self._header(Prediction(path=""))
 
     def write(self, pred: Prediction) -> None:
+        self._header(pred)
+        assert self.writer is not None
         row = flat_row(pred, self.class_names, self.levels, self.generated)
         self.writer.writerow({k: "" if v is None else v for k, v in row.items()})
         self.handle.flush()
