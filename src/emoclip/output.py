@@ -35,10 +35,10 @@ def prediction_record(pred: Prediction) -> dict:
         best = max(dist, key=dist.__getitem__)
         record[level] = {"label": best, "probability": round(dist[best], PROBABILITY_DIGITS),
                          "distribution": rounded(dist)}
-    if pred.generated is not None:
-        record["generated"] = pred.generated
     if pred.multi is not None:
         record["multi"] = [{"label": lbl, "probability": round(p, PROBABILITY_DIGITS)} for lbl, p in pred.multi]
+    if pred.generated is not None:
+        record["generated"] = pred.generated
     record["error"] = pred.error
     return record
 
@@ -96,10 +96,10 @@ def flat_row(pred: Prediction, class_names: Sequence[str], levels: dict[str, Seq
         dist = pred.levels.get(level, {})
         row[f"{level}_label"] = max(dist, key=dist.__getitem__) if dist else ""
         row.update({f"{level}_p_{c}": fmt(dist.get(c)) for c in names})
-    if generated:
-        row["generated"] = pred.generated or ""
     if pred.multi is not None:
         row["multi"] = "|".join(f"{lbl}:{p:.4f}" for lbl, p in pred.multi)
+    if generated:
+        row["generated"] = pred.generated or ""
     row["error"] = pred.error or ""
     return row
 
@@ -112,8 +112,8 @@ class CsvWriter(RowWriter):
     def _header(self, pred: Prediction) -> csv.DictWriter:
         """The columns of the first row (optional ones, like ``multi``, are on every row or none)."""
         if self.writer is None:
-            empty = Prediction(path="", multi=pred.multi)
-            fields = list(flat_row(empty, self.class_names, self.levels, self.generated))
+            fields = list(flat_row(Prediction(path="", multi=pred.multi), self.class_names, self.levels,
+                                    self.generated))
             self.writer = csv.DictWriter(self.handle, fieldnames=fields, lineterminator="\n")
             self.writer.writeheader()
         return self.writer

@@ -16,10 +16,10 @@ models at once, predicting under each. A config lists the datasets; each is a da
 Every dataset is opened, checked, labelled and split exactly as a single-dataset run does it (the
 shared ``experiment._open_data``, ``_train_val`` and, with ``train.shots``, ``_few_shot``), its
 images encoded through the one feature cache, and its classes become targets of the method's own
-task (``method.target_index``). The
-training parts are concatenated, so the trainer's per-epoch shuffle mixes the datasets in every
-epoch; model selection uses every dataset's validation part, each scored under its own taxonomy.
-The best checkpoint is then scored on each dataset's test split into ``out/<dataset name>/``.
+task (``method.target_index``). The training parts are concatenated, so the trainer's per-epoch
+shuffle mixes the datasets in every epoch; model selection uses every dataset's validation part,
+each scored under its own taxonomy. The best checkpoint is then scored on each dataset's test
+split into ``out/<dataset name>/``.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def open_part(entry: dict[str, Any], train_config: TrainConfig) -> DatasetPart:
     if label_taxonomy.name != taxonomy.name:
         label_taxonomy.mapping_to(taxonomy.name)  # fails early when the labels cannot map to the task
     train_part, val_part = _train_val(data, train_config.val_fraction, train_config.seed)
-    if train_config.shots:  # the few-shot protocol, per dataset (K per class of its own taxonomy)
+    if train_config.shots:  # the few-shot protocol every method shares, applied to each dataset
         train_part, _ = _few_shot(train_part, train_config.shots, train_config.seed, label_taxonomy)
         if len(val_part):
             val_part, _ = _few_shot(val_part, min(train_config.shots, 4), train_config.seed, label_taxonomy)
@@ -129,7 +129,8 @@ def run_unified(config: dict[str, Any], out: str | Path, device: str = "auto", c
 
     backbone_cfg = config.get("backbone") or {}
     backbone = load_backbone(backbone_cfg.get("model") or DEFAULT_MODEL,
-                             backbone_cfg.get("pretrained") or DEFAULT_PRETRAINED, device)
+                             backbone_cfg.get("pretrained") or DEFAULT_PRETRAINED, device,
+                             precision=backbone_cfg.get("precision") or "fp32")  # exact unless asked
     cache = None if no_cache else FeatureCache(cache_dir or default_cache_dir(), backbone)
     tasks = [p.taxonomy.to_dict() for p in parts]
     method = create_method(name, backbone, parts[0].taxonomy, {**(config.get("options") or {}), "taxonomies": tasks})
@@ -148,7 +149,7 @@ def run_unified(config: dict[str, Any], out: str | Path, device: str = "auto", c
         vys.append(method.target_index(part.taxonomy, vy))
         paths += [str(p) for p, ok in zip(tables[0].paths, tables[0].ok, strict=True) if ok]
         counts[part.name] = {"source": part.data.source, "taxonomy": part.taxonomy.name, "train": len(y),
-                             "val": len(vy)}
+                             "val": len(vy), "shots": train_config.shots or 0}
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump({**config, "train": asdict(train_config)}, sort_keys=False))
