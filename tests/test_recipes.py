@@ -44,6 +44,9 @@ RECIPES = {
                   {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 0.0005, "scheduler": "cosine",
                    "warmup_epochs": 1, "warmup_lr": 0.00001, "batch_size": 32, "epochs": 200}),
     "linear-probe.yaml": ("linear-probe", {}, {}),
+    # no recipe is published for UGRIE (abstract only): emoclip's own choices, stated in the README
+    "ugrie.yaml": ("ugrie", {"tune": "full", "prefix_length": 8, "length_norm": "token-mean"},
+                   {"optimizer": "adamw", "lr": 0.0001, "weight_decay": 0.01, "batch_size": 16, "epochs": 10}),
 }
 
 
@@ -66,7 +69,7 @@ def test_shipped_config_carries_the_published_numbers(file):
 
 @pytest.mark.parametrize("method, file", [
     ("ptdpc", "ptdpc-paper.yaml"), ("coop", "coop.yaml"), ("clipe-ce", "clipe-ce.yaml"),
-    ("clipe-contrastive", "clipe-contrastive.yaml")])
+    ("clipe-contrastive", "clipe-contrastive.yaml"), ("ugrie", "ugrie.yaml")])
 def test_method_defaults_are_their_published_recipe(method, file):
     """`emoclip train --method X` without a config trains with the same recipe the shipped file states."""
     defaults = TrainConfig.from_dict(list_methods()[method].train_defaults)

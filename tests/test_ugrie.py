@@ -220,14 +220,15 @@ def test_unified_train_over_two_taxonomies_then_predict_and_evaluate_under_each(
             {"name": "two", "taxonomy": "polarity", "label_taxonomy": "emotionroi6",
              "data": {"root": str(root), "split_file": str(split)}}]}))
     out = tmp_path / "run"
-    result = run("train", "--config", config, "--set", f"bart={tiny_bart}", *TINY_CLI, "--epochs", 1,
+    result = run("train", "--config", config, "--set", f"bart={tiny_bart}", *TINY_CLI, "--epochs", 1, "--shots", 3,
                  "--no-progress", "--out", out)
     assert result.exit_code == 0, result.output
     assert "six_accuracy=" in result.stdout and "two_accuracy=" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
     datasets = summary["data"]["datasets"]
     assert datasets["two"]["taxonomy"] == "polarity" and datasets["six"]["taxonomy"] == "emotionroi6"
-    assert summary["data"]["train"] == datasets["six"]["train"] + datasets["two"]["train"] > 0
+    assert datasets["six"]["train"] == datasets["two"]["train"] == 6 * 3  # the few-shot protocol, per dataset
+    assert summary["data"]["train"] == 2 * 6 * 3
     assert json.loads((out / "six" / "metrics.json").read_text())["level"] == "emotionroi6"
     assert json.loads((out / "two" / "metrics.json").read_text())["level"] == "polarity"
 

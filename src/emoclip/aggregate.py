@@ -49,6 +49,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[dict]:
 
 
 def _backbone_key(run: dict) -> tuple:
+    """The encoder spec a run's features came from (model, weights, precision, decode mode)."""
     backbone = run.get("backbone") or {}
     # the encoder spec recorded by evaluate/train; runs from before it had neither field (fp32, full decode)
     precision = backbone.get("precision") or "fp32"

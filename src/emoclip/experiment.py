@@ -132,7 +132,8 @@ def run_zero_shot(config: dict[str, Any], out: str | Path, device: str = "auto",
     test.label_indices(label_taxonomy)
     backbone_cfg = config.get("backbone") or {}
     backbone = load_backbone(backbone_cfg.get("model") or DEFAULT_MODEL,
-                             backbone_cfg.get("pretrained") or DEFAULT_PRETRAINED, device)
+                             backbone_cfg.get("pretrained") or DEFAULT_PRETRAINED, device,
+                             precision=backbone_cfg.get("precision") or "fp32")
     cache = None if no_cache else FeatureCache(cache_dir or default_cache_dir(), backbone)
     classifier = ZeroShotClassifier(backbone, taxonomy, options.get("templates"), bool(options.get("synonyms")))
     result = evaluate(backbone, classifier, test, label_taxonomy, config.get("also") or (), cache)

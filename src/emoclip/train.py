@@ -162,7 +162,8 @@ def _validation_loss(method: Method, x: torch.Tensor, y: torch.Tensor, config: T
         index = torch.arange(start, min(start + config.batch_size, len(y)))
         features, targets = x[index], y[index]
         batch = {"features": features, "generator": generator, "index": index, "paths": None}
-        total += method.loss(method(features), targets, batch).item() * len(index)
+        logits = method(features) if method.loss_uses_logits else None
+        total += method.loss(logits, targets, batch).item() * len(index)
     method.train(was_training)
     return total / len(y)
 

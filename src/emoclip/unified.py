@@ -14,11 +14,12 @@ models at once, predicting under each. A config lists the datasets; each is a da
     train: {epochs: 10}
 
 Every dataset is opened, checked, labelled and split exactly as a single-dataset run does it (the
-shared ``open_dataset`` and ``experiment._train_val``), its images encoded through the one feature
-cache, and its classes become targets of the method's own task (``method.target_index``). The
-training parts are concatenated, so the trainer's per-epoch shuffle mixes the datasets in every
-epoch; model selection uses every dataset's validation part, each scored under its own taxonomy.
-The best checkpoint is then scored on each dataset's test split into ``out/<dataset name>/``.
+shared ``experiment._open_data``, ``_train_val`` and, with ``train.shots``, ``_few_shot``), its
+images encoded through the one feature cache, and its classes become targets of the method's own
+task (``method.target_index``). The training parts are concatenated, so the trainer's per-epoch
+shuffle mixes the datasets in every epoch; model selection uses every dataset's validation part,
+each scored under its own taxonomy. The best checkpoint is then scored on each dataset's test
+split into ``out/<dataset name>/``.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ from .atomic import atomic_write_text
 from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_backbone
 from .checkpoint import classifier_for, load_checkpoint
 from .data.cache import FeatureCache, compute_features, default_cache_dir
-from .data.dataset import Dataset, open_dataset
+from .data.dataset import Dataset
 from .errors import EmoclipError
 from .evaluate import evaluate
-from .experiment import _few_shot, _tensors, _train_val, merge, read_config
+from .experiment import _few_shot, _open_data, _tensors, _train_val, merge, read_config
 from .methods.base import create_method, list_methods
 from .report import write_run
 from .taxonomy import Taxonomy, load_taxonomy
@@ -94,10 +95,8 @@ def dataset_entries(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def open_part(entry: dict[str, Any], train_config: TrainConfig) -> DatasetPart:
-    data_cfg = entry["data"]
-    data = open_dataset(data_cfg.get("root"), data_cfg.get("split_file"), data_cfg.get("manifests") or (),
-                        data_cfg.get("layout"), data_cfg.get("fold"), data_cfg.get("label_file"),
-                        data_cfg.get("votes"))
+    """A dataset opened, labelled, split and (``train.shots``) few-shot sampled as a single-dataset run does."""
+    data = _open_data(entry)
     taxonomy = load_taxonomy(entry["taxonomy"])
     label_taxonomy = load_taxonomy(entry.get("label_taxonomy") or taxonomy.name)
     data.label_indices(label_taxonomy)  # unknown labels fail before any encoding
@@ -123,6 +122,9 @@ def run_unified(config: dict[str, Any], out: str | Path, device: str = "auto", c
         raise EmoclipError(f"method {name} trains on one taxonomy; several datasets with their own taxonomies "
                            f"need a method that unifies them: {', '.join(multi)}")
     train_config = TrainConfig.from_dict(merge(method_cls.train_defaults, config.get("train") or {}))
+    if train_config.target != "labels" or train_config.lr_grid:
+        raise EmoclipError("a unified run trains on labels with one learning rate; leave out train.target and "
+                           "train.lr_grid (or train each dataset on its own)")
     parts = [open_part(entry, train_config) for entry in dataset_entries(config)]
 
     backbone_cfg = config.get("backbone") or {}

@@ -276,6 +276,9 @@ class UGRIE(Method):
 
     def loss(self, logits: torch.Tensor | None, targets: torch.Tensor, batch: dict) -> torch.Tensor:
         """Token cross-entropy of each image's filled template, under its own task's text."""
+        if targets.ndim != 1:
+            raise EmoclipError("ugrie learns to write one label's sentence; train it on labels (leave out "
+                               "train.target: votes)")
         generator = batch.get("generator")
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator)) if generator is not None else None
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
