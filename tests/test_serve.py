@@ -248,19 +248,19 @@ def test_cors_is_off_unless_an_origin_is_given(service, tiny):
 
 # -- micro-batching and the queue -----------------------------------------------------------------
 def test_concurrent_requests_share_one_encoder_batch(tiny):
-    settings = ServeSettings(max_batch=8, max_wait_ms=1500)
+    settings = ServeSettings(max_batch=6, max_wait_ms=5000)  # the batch closes when the sixth arrives
     with running_service(tiny, settings) as svc:
         with ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(lambda i: post(svc, (f"{i}.jpg", jpeg(i))), range(6)))
         assert all(a.status_code == 200 for a in answers)
         assert [a.json()["predictions"][0]["path"] for a in answers] == [f"{i}.jpg" for i in range(6)]
-        # The first request waited (up to 1.5 s) for the others: one batch of six images.
+        # The first request waited for the others (up to 5 s): one batch of six images.
         assert svc.sample("emoclip_batch_images_count") == 1
         assert svc.sample("emoclip_batch_images_sum") == 6
 
 
 def test_a_full_queue_answers_503_with_retry_after(tiny):
-    settings = ServeSettings(max_queue=2, max_batch=8, max_wait_ms=1500)
+    settings = ServeSettings(max_queue=2, max_batch=8, max_wait_ms=5000)
     with running_service(tiny, settings) as svc:
         first: dict = {}
         thread = threading.Thread(target=lambda: first.update(r=post(svc, ("a.jpg", jpeg(1)), ("b.jpg", jpeg(2)))))
@@ -296,7 +296,7 @@ def test_bounded_load_with_bad_uploads_never_errors_5xx(tiny, awkward_images):
 # -- graceful stop --------------------------------------------------------------------------------
 def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
     command = [sys.executable, "-m", "emoclip.cli", "serve", *TINY_CLI, "--no-cache", "--port", "0",
-               "--max-wait-ms", "2500"]
+               "--max-wait-ms", "4000"]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         url = None
@@ -313,7 +313,7 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
         deadline = time.monotonic() + 10
         while httpx.get(f"{url}/ready").json().get("queued_images", 0) < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)  # the request is waiting in the batcher (2.5 s)
+        proc.send_signal(signal.SIGTERM)  # the request is waiting in the batcher (4 s)
         time.sleep(0.5)
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/health", timeout=5)   # no longer accepting

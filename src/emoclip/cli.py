@@ -17,6 +17,7 @@ from collections.abc import Callable
 import click
 
 from .errors import EmoclipError
+from .serve.options import serve_options, settings_from  # click only: FastAPI is imported when serving
 
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
@@ -177,9 +178,6 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
         click.echo(f"emoclip: {failed} of {len(images)} files could not be read; their rows carry the "
                    "reason in 'error'", err=True)
         sys.exit(EXIT_SOME_FAILED)
-
-
-from .serve.options import serve_options, settings_from  # noqa: E402  (click only; FastAPI loads on use)
 
 
 @main.command()

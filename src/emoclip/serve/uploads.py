@@ -65,11 +65,13 @@ class _FormBuilder:
         self._header_value = bytearray()
         self._headers: dict[bytes, bytes] = {}
         self._data = bytearray()
+        self._name, self._filename = "", None
 
     def callbacks(self) -> dict:
         return {"on_part_begin": self._part_begin, "on_header_field": self._header_field_data,
                 "on_header_value": self._header_value_data, "on_header_end": self._header_end,
-                "on_part_data": self._part_data, "on_part_end": self._part_end}
+                "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
+                "on_part_end": self._part_end}
 
     def _part_begin(self) -> None:
         self._headers, self._data = {}, bytearray()
@@ -84,21 +86,20 @@ class _FormBuilder:
         self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
         self._header_field, self._header_value = bytearray(), bytearray()
 
-    def _disposition(self) -> tuple[str, str | None]:
+    def _headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
-        name = options.get(b"name", b"").decode("utf-8", "replace")
+        self._name = options.get(b"name", b"").decode("utf-8", "replace")
         filename = options.get(b"filename")
-        return name, None if filename is None else filename.decode("utf-8", "replace")
+        self._filename = None if filename is None else filename.decode("utf-8", "replace")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         self._data += data[start:end]
-        name, filename = self._disposition()
-        if filename is None and len(self._data) > MAX_FIELD_BYTES:
-            raise UploadRejected(413, "field_too_large", f"form field '{name}' is over {MAX_FIELD_BYTES} bytes; "
-                                 "send images as file parts (with a filename)")
+        if self._filename is None and len(self._data) > MAX_FIELD_BYTES:
+            raise UploadRejected(413, "field_too_large", f"form field '{self._name}' is over {MAX_FIELD_BYTES} "
+                                 "bytes; send images as file parts (with a filename)")
 
     def _part_end(self) -> None:
-        name, filename = self._disposition()
+        name, filename = self._name, self._filename
         if filename is None:
             self.form.fields[name] = self._data.decode("utf-8", "replace")
             return

@@ -69,8 +69,10 @@ function levelView(level, value) {
 
 function makeCard(file) {
   const card = $("card-template").content.firstElementChild.cloneNode(true);
-  card.querySelector(".thumb").src = URL.createObjectURL(file);
-  card.querySelector(".thumb").alt = file.name;
+  const thumb = card.querySelector(".thumb");
+  thumb.addEventListener("error", () => { thumb.alt = ""; thumb.removeAttribute("src"); }, { once: true });
+  thumb.src = URL.createObjectURL(file);  // the browser shows the file itself: nothing is fetched
+  thumb.alt = file.name;
   card.querySelector(".name").textContent = file.name;
   card.classList.add("is-pending");
   card.querySelector(".top-label").textContent = "tagging…";
