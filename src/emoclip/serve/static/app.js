@@ -67,10 +67,15 @@ function levelView(level, value) {
   return box;
 }
 
+// What a card shows where the browser cannot draw the file (not an image, or a format it lacks).
+const NO_PREVIEW = "data:image/svg+xml," + encodeURIComponent(
+  '<svg xmlns="http://www.w3.org/2000/svg" width="110" height="110"><rect width="110" height="110" fill="#eef1f5"/>' +
+  '<text x="55" y="66" font-size="36" text-anchor="middle" fill="#9aa6b5" font-family="sans-serif">?</text></svg>');
+
 function makeCard(file) {
   const card = $("card-template").content.firstElementChild.cloneNode(true);
   const thumb = card.querySelector(".thumb");
-  thumb.addEventListener("error", () => { thumb.alt = ""; thumb.removeAttribute("src"); }, { once: true });
+  thumb.addEventListener("error", () => { thumb.alt = "not viewable"; thumb.src = NO_PREVIEW; }, { once: true });
   thumb.src = URL.createObjectURL(file);  // the browser shows the file itself: nothing is fetched
   thumb.alt = file.name;
   card.querySelector(".name").textContent = file.name;
