@@ -327,3 +327,94 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
             proc.wait()
     assert answer["r"].status_code == 200 and answer["r"].json()["predictions"][0]["error"] is None
     assert "emoclip: stopped" in proc.stderr.read()
+
+
+# -- trained checkpoints --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two tiny trained runs: clipe-ce (its own taxonomy only) and clipe-contrastive (any taxonomy)."""
+    from tests.conftest import make_split_data
+
+    folder = tmp_path_factory.mktemp("serve-train")
+    root, split = make_split_data(folder, per_class=4)
+    runs = {}
+    for method in ("clipe-ce", "clipe-contrastive"):
+        runs[method] = folder / method
+        result = run_cli("train", "--method", method, "-t", "emotionroi6", "--root", root, "--split-file", split,
+                         *TINY_CLI, "--epochs", 1, "--no-progress", "--out", runs[method])
+        assert result.exit_code == 0, result.output
+    return runs
+
+
+def test_a_checkpoint_is_served_and_its_taxonomy_rules_hold(tiny, checkpoints):
+    emotions = {"anger", "disgust", "fear", "joy", "sadness", "surprise"}
+    fixed = TINY_CONFIG.replace(checkpoint=str(checkpoints["clipe-ce"]))
+    with running_service(tiny, config=fixed) as svc:
+        assert httpx.get(f"{svc.url}/ready").json()["per_request_taxonomy"] is False
+        own = post(svc, ("a.jpg", jpeg(1)))
+        assert own.status_code == 200 and set(own.json()["predictions"][0]["distribution"]) == emotions
+        other = post(svc, ("a.jpg", jpeg(1)), data={"taxonomy": "mikels8"})
+        assert other.status_code == 422 and other.json()["kind"] == "fixed_taxonomy"
+    flexible = TINY_CONFIG.replace(checkpoint=str(checkpoints["clipe-contrastive"]))
+    with running_service(tiny, config=flexible) as svc:
+        mikels = post(svc, ("a.jpg", jpeg(1)), data={"taxonomy": "mikels8"})
+        assert mikels.status_code == 200 and len(mikels.json()["predictions"][0]["distribution"]) == 8
+        custom = post(svc, ("a.jpg", jpeg(1)), data={"labels": "calm,tense"})
+        assert custom.status_code == 200 and set(custom.json()["predictions"][0]["distribution"]) == {"calm",
+                                                                                                     "tense"}
+
+
+# -- the batcher on its own, and the command's start-up errors -------------------------------------
+def _echo_batcher(**kwargs):
+    from emoclip.serve.batcher import MicroBatcher
+
+    seen: list[int] = []
+
+    def run(key, items):
+        if "boom" in items:
+            raise RuntimeError("model failed")
+        return [f"{key}:{item}" for item in items]
+
+    defaults = {"max_batch": 4, "max_wait_s": 0.3, "max_queue": 100}
+    return MicroBatcher(run, on_batch=lambda n, s: seen.append(n), **{**defaults, **kwargs}), seen
+
+
+def test_batcher_packs_by_size_groups_by_key_and_keeps_order():
+    batcher, seen = _echo_batcher()
+    futures = [batcher.submit("a", ["1", "2"]), batcher.submit("b", ["3"]), batcher.submit("a", ["4", "5"])]
+    assert [f.result(10) for f in futures] == [["a:1", "a:2"], ["b:3"], ["a:4", "a:5"]]
+    # the first batch holds 3 items (the next job would overflow 4); keys "a" and "b" run as two groups
+    assert seen == [2, 1, 2]
+    batcher.close()
+    assert not batcher.alive
+
+
+def test_batcher_failure_reaches_every_job_of_its_group_and_the_thread_lives_on():
+    batcher, _ = _echo_batcher()
+    broken = [batcher.submit("a", ["boom"]), batcher.submit("a", ["x"])]
+    for future in broken:
+        with pytest.raises(RuntimeError, match="model failed"):
+            future.result(10)
+    assert batcher.submit("a", ["y"]).result(10) == ["a:y"]
+    batcher.close()
+
+
+def test_batcher_skips_cancelled_jobs_and_finishes_the_queue_on_close():
+    batcher, seen = _echo_batcher(max_wait_s=5)
+    first = batcher.submit("a", ["1"])
+    dropped = batcher.submit("a", ["2"])
+    assert dropped.cancel()          # a request that timed out before its batch ran
+    last = batcher.submit("a", ["3"])
+    batcher.close(10)                # no waiting for company once closing: the queue is finished at once
+    assert first.result(0) == ["a:1"] and last.result(0) == ["a:3"] and seen == [2]
+    assert batcher.queued == 0
+
+
+def test_port_in_use_is_a_one_line_error():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_cli("serve", *TINY_CLI, "--port", taken.getsockname()[1])
+    assert result.exit_code == 2 and result.output.startswith("emoclip: error: cannot listen on 127.0.0.1:")

@@ -34,6 +34,8 @@ def serve_options(func: Callable) -> Callable:
                      type=click.IntRange(min=1), help="Largest request body (enforced while it streams in): 413."),
         click.option("--max-images", default=_DEFAULTS.max_images, show_default=True, type=click.IntRange(min=1),
                      help="Most images in one request: 413."),
+        click.option("--max-connections", default=_DEFAULTS.max_connections, show_default=True,
+                     type=click.IntRange(min=1), help="Requests handled at once (bodies are held in memory): 503."),
         click.option("--request-timeout", default=_DEFAULTS.request_timeout_s, show_default=True,
                      type=click.FloatRange(min=0.1), help="Seconds to read, queue and tag one request: 408/504."),
     ]
@@ -43,8 +45,8 @@ def serve_options(func: Callable) -> Callable:
 
 
 def settings_from(host, port, api_key, insecure_no_auth, cors_origins, max_batch, max_wait_ms, max_queue,
-                  max_upload_bytes, max_images, request_timeout) -> ServeSettings:
+                  max_upload_bytes, max_images, max_connections, request_timeout) -> ServeSettings:
     return ServeSettings(host=host, port=port, api_key=api_key or None, insecure_no_auth=insecure_no_auth,
                          cors_origins=tuple(cors_origins), max_batch=max_batch, max_wait_ms=max_wait_ms,
                          max_queue=max_queue, max_upload_bytes=max_upload_bytes, max_images=max_images,
-                         request_timeout_s=request_timeout)
+                         max_connections=max_connections, request_timeout_s=request_timeout)

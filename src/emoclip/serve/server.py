@@ -48,8 +48,8 @@ def url_of(sock: socket.socket) -> str:
 
 def make_server(app: FastAPI, settings: ServeSettings, log_level: str = "warning") -> uvicorn.Server:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
-                            server_header=False, timeout_graceful_shutdown=int(settings.request_timeout_s
-                                                                               + GRACE_EXTRA_S))
+                            server_header=False, limit_concurrency=settings.max_connections,
+                            timeout_graceful_shutdown=int(settings.request_timeout_s + GRACE_EXTRA_S))
     return uvicorn.Server(config)
 
 

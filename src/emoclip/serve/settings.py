@@ -30,6 +30,7 @@ class ServeSettings:
     # limits on what a request may carry
     max_upload_bytes: int = 32 * MIB  # the whole request body, enforced while it streams in
     max_images: int = 32              # images in one request
+    max_connections: int = 128        # requests handled at once (each may hold a body in memory); beyond: 503
     max_labels: int = 64              # labels= entries in one request
     request_timeout_s: float = 60.0   # reading the body, waiting in the queue and tagging, together
     max_taxonomies: int = 16          # per-request taxonomies/label sets kept loaded (least recently used out)
