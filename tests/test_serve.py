@@ -160,6 +160,31 @@ def test_one_bad_image_gets_an_error_row_and_the_others_are_answered(service, aw
     assert "too large" in rows[2]["error"]
 
 
+def test_garbage_bodies_get_4xx_never_500(service):
+    import random
+
+    rng = random.Random(0)
+    part = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+    bodies = [b"", b"--b--\r\n", part, part + b"\xff\xd8\xff" + b"\r\n--b--\r\n", b"--b\r\n\r\n\r\n--b--",
+              b"--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b--\r\n"]
+    bodies += [bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 400))) for _ in range(20)]
+    bodies += [part[: rng.randrange(len(part))] + jpeg(1)[: rng.randrange(2000)] for _ in range(10)]
+    for body in bodies:
+        answer = httpx.post(f"{service.url}/v1/predict", content=body,
+                            headers={"content-type": "multipart/form-data; boundary=b"})
+        assert 400 <= answer.status_code < 500, (body[:60], answer.status_code, answer.text)
+        assert answer.json()["detail"]
+    assert service.sample("emoclip_errors_total", kind="internal") == 0
+
+
+def test_a_row_is_named_after_the_upload_never_a_server_path():
+    from emoclip.serve.uploads import display_name
+
+    assert display_name("../../etc/passwd", 0) == "passwd"
+    assert display_name("C:\\Users\\me\\photo.jpg", 0) == "photo.jpg"
+    assert display_name("", 2) == "upload-3" and len(display_name("x" * 1000, 0)) == 255
+
+
 def test_limits_on_body_size_and_image_count(tiny):
     settings = ServeSettings(max_upload_bytes=100_000, max_images=3)
     with running_service(tiny, settings) as svc:
