@@ -108,3 +108,28 @@ def test_page_uploads_an_image_and_shows_its_emotions(tiny, browser, tmp_path):
                    and d.find_elements(By.CSS_SELECTOR, ".result-card .top-label")[0].text.lower() in {"calm", "tense",
                                                                                                "joyful"})
         assert svc.sample("emoclip_images_total", outcome="tagged") == 2
+
+
+def test_page_asks_for_the_api_key_and_then_works(tiny, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from emoclip.serve.settings import ServeSettings
+
+    good, _ = _pictures(tmp_path)
+    with running_service(tiny, ServeSettings(api_key="page-key")) as svc:
+        browser.get(svc.url + "/")
+        wait = WebDriverWait(browser, WAIT_S)
+        key = browser.find_element(By.ID, "api-key")
+        wait.until(ec.visibility_of(key))                       # the page met a 401 and asks
+        assert "API key" in browser.find_element(By.ID, "status").text
+        key.send_keys("page-key\n")
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#taxonomy option")) > 1)
+        browser.find_element(By.ID, "file-input").send_keys(str(good))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result-card")
+                   and not d.find_elements(By.CSS_SELECTOR, ".result-card.is-pending"))
+        card = browser.find_element(By.CSS_SELECTOR, ".result-card")
+        assert "is-error" not in card.get_attribute("class")
+        assert card.find_element(By.CSS_SELECTOR, ".top-label").text.lower() in MIKELS8
+        assert svc.sample("emoclip_errors_total", kind="unauthorized") >= 1

@@ -175,6 +175,7 @@ async function loadTaxonomies() {
     }
     const info = await response.json();
     state.info = info;
+    setStatus("");
     select.replaceChildren();
     const standard = document.createElement("option");
     standard.value = "";
