@@ -16,7 +16,10 @@ from emoclip.serve.settings import ServeSettings
 from emoclip.serve.taggers import TaggerPool
 from emoclip.tagging import TaggerConfig, build_tagger
 
-TINY_CONFIG = TaggerConfig(model="tiny", pretrained="random", device="cpu", no_cache=True)
+# What the session's `tiny` backbone is (load_backbone's defaults: exact fp32, full decoding): the
+# service reuses that backbone, so its config must describe it.
+TINY_CONFIG = TaggerConfig(model="tiny", pretrained="random", device="cpu", precision="fp32", decode="full",
+                           no_cache=True)
 START_TIMEOUT_S = 30
 
 

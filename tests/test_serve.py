@@ -90,7 +90,8 @@ def test_rows_have_exactly_the_schema_and_values_of_predict(service, tmp_path):
     answer = post(service, *data.items())
     assert answer.status_code == 200
     served = answer.json()["predictions"]
-    result = run_cli("predict", *(tmp_path / n for n in data), *TINY_CLI, "--no-cache", "--format", "jsonl")
+    result = run_cli("predict", *(tmp_path / n for n in data), *TINY_CLI, "--precision", "fp32", "--decode", "full",
+                     "--no-cache", "--format", "jsonl")
     expected = [json.loads(line) for line in result.stdout.splitlines()]
     assert [row["path"] for row in served] == list(data)
     for got, want in zip(served, expected, strict=True):

@@ -60,12 +60,20 @@ def cache_options(func: Callable) -> Callable:
                         )(func)
 
 
-def speed_options(func: Callable) -> Callable:
-    """Opt-in speed-ups that change numbers slightly (the defaults are exact; see the README)."""
-    func = click.option("--int8", is_flag=True,
-                        help="int8 dynamic quantisation of the image encoder (CPU; opt-in, changes features).")(func)
-    return click.option("--fast-decode", is_flag=True,
-                        help="Decode large JPEGs at reduced size (opt-in, changes pixels slightly).")(func)
+def speed_options(precision: str | None, decode: str | None) -> Callable[[Callable], Callable]:
+    """--precision (and --decode): the encoder options that trade exactness for speed, with each
+    command's default (predict: auto/draft; evaluate and train: exact fp32/full, opt in with the flag)."""
+    def add(func: Callable) -> Callable:
+        if decode is not None:
+            func = click.option("--decode", type=click.Choice(["draft", "full"]), default=decode, show_default=True,
+                                help="draft: JPEGs at least twice the model input decode at reduced size (fast on "
+                                     "photos, pixels differ slightly); full: exact.")(func)
+        fallback = "" if precision else " [default: fp32, or the config's backbone.precision]"
+        return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=precision,
+                            show_default=precision is not None, envvar="EMOCLIP_PRECISION",
+                            help="Image encoder number format; auto: bf16 where this CPU measurably runs it faster, "
+                                 "fp16 on CUDA, else fp32." + fallback)(func)
+    return add
 
 
 def taxonomy_options(func: Callable) -> Callable:
@@ -89,15 +97,15 @@ def taxonomy_options(func: Callable) -> Callable:
 
 
 def _config(checkpoint=None, taxonomy=None, labels=None, templates=None, synonyms=False, model=None,
-            pretrained=None, device="auto", int8=False, fast_decode=False, cache_dir=None, no_cache=False,
+            pretrained=None, device="auto", precision="auto", decode="draft", cache_dir=None, no_cache=False,
             **rest):
     """The TaggerConfig of a command's options (tagging.py builds every front end's tagger from it)."""
     from .tagging import TaggerConfig
 
     label_list = tuple(labels.split(",")) if labels else None
     return TaggerConfig(checkpoint=checkpoint, taxonomy=taxonomy, labels=label_list, templates=templates,
-                        synonyms=synonyms, model=model, pretrained=pretrained, device=device, int8=int8,
-                        fast_decode=fast_decode, cache_dir=cache_dir, no_cache=no_cache, **rest)
+                        synonyms=synonyms, model=model, pretrained=pretrained, device=device, precision=precision,
+                        decode=decode, cache_dir=cache_dir, no_cache=no_cache, **rest)
 
 
 def _handle_errors(func: Callable) -> Callable:
@@ -124,7 +132,7 @@ def main(verbose: bool) -> None:
 @taxonomy_options
 @backbone_options
 @cache_options
-@speed_options
+@speed_options(precision="auto", decode="draft")
 @click.option("--top-k", "-k", default=3, show_default=True, type=click.IntRange(min=1),
               help="How many top labels to list per image.")
 @click.option("--also", "also", multiple=True,
@@ -141,7 +149,7 @@ def main(verbose: bool) -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
 @_handle_errors
 def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pretrained, device, cache_dir, no_cache,
-            fast_decode, int8, top_k, also, fmt, output, batch_size, workers, max_pixels, progress) -> None:
+            decode, precision, top_k, also, fmt, output, batch_size, workers, max_pixels, progress) -> None:
     """Tag images (files, folders searched recursively, or globs) with emotions.
 
     One row per image: the top label, its probability, the top-k labels, the full distribution and
@@ -150,7 +158,7 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
     """
     from .tagging import build_tagger, preflight
 
-    config = _config(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, int8, fast_decode,
+    config = _config(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, precision, decode,
                      cache_dir, no_cache, top_k=top_k, also=tuple(also) or None, batch_size=batch_size,
                      workers=workers, max_pixels=max_pixels)
     preflight(config)
@@ -184,7 +192,7 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
 @taxonomy_options
 @backbone_options
 @cache_options
-@speed_options
+@speed_options(precision="auto", decode="draft")  # the same defaults as predict
 @click.option("--top-k", "-k", default=3, show_default=True, type=click.IntRange(min=1), help="Top labels per image.")
 @click.option("--also", multiple=True, help="Coarser level to add (e.g. polarity); default: every level.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Decoding threads (default: CPUs).")
@@ -246,7 +254,7 @@ def _dataset(root, split_file, manifests, layout, fold):
 @click.option("--also", multiple=True, help="Also score at this coarser level (e.g. polarity); repeatable.")
 @backbone_options
 @cache_options
-@speed_options
+@speed_options(precision="fp32", decode="full")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run folder to write.")
 @click.option("--name", default=None, help="Row label in `emoclip aggregate` (default: the method).")
 @click.option("--seed", default=0, show_default=True, help="Recorded with the run (aggregate groups seeds).")
@@ -256,7 +264,7 @@ def _dataset(root, split_file, manifests, layout, fold):
 @click.option("--mistakes", default=12, show_default=True, help="Thumbnails of the most confident mistakes.")
 @_handle_errors
 def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpoint, labels, templates, synonyms,
-             label_taxonomy, via, also, model, pretrained, device, cache_dir, no_cache, fast_decode, int8, out, name,
+             label_taxonomy, via, also, model, pretrained, device, cache_dir, no_cache, decode, precision, out, name,
              seed, batch_size,
              workers, mistakes) -> None:
     """Score a model on a dataset split; write metrics.json, plots and report.md to --out."""
@@ -273,14 +281,14 @@ def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpo
     data = _dataset(root, split_file, manifests, layout, fold).split(split)
     if via == "prompts" and label_taxonomy:
         taxonomy = label_taxonomy  # prompt (or view) directly with the labels' taxonomy
-    config = _config(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, int8, fast_decode,
+    config = _config(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, precision, decode,
                      cache_dir, no_cache)
     backbone, classifier = build_classifier(config)
     model_tax = classifier.taxonomy
     label_tax = load_taxonomy(label_taxonomy) if label_taxonomy else model_tax
     data.label_indices(label_tax)  # unknown labels fail before any encoding
     cache = open_cache(config, backbone)
-    result = run_evaluation(backbone, classifier, data, label_tax, also, cache, batch_size, workers, fast_decode)
+    result = run_evaluation(backbone, classifier, data, label_tax, also, cache, batch_size, workers)
     described = classifier.describe()
     run = {"name": name or described["method"], "method": described, "seed": seed, "checkpoint": checkpoint,
            "dataset": data.name, "split": split, "dataset_label": data.name.split(":")[0],
@@ -304,6 +312,7 @@ def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpo
 @click.option("--taxonomy", "-t", default=None, help="Taxonomy of the labels (default emotionroi6).")
 @backbone_options
 @cache_options
+@speed_options(precision=None, decode=None)
 @click.option("--epochs", type=int, default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--lr", type=float, default=None)
@@ -319,8 +328,8 @@ def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpo
 @click.option("--progress/--no-progress", default=None)
 @_handle_errors
 def train_command(config_files, method, sets, root, split_file, manifests, layout, fold, taxonomy, model, pretrained,
-                  device, cache_dir, no_cache, epochs, batch_size, lr, optimizer, scheduler, weight_decay, seed,
-                  val_fraction, also, name, out, resume, progress) -> None:
+                  device, cache_dir, no_cache, precision, epochs, batch_size, lr, optimizer, scheduler, weight_decay,
+                  seed, val_fraction, also, name, out, resume, progress) -> None:
     """Train a method on cached features, keep the best-on-validation checkpoint, score it on test."""
     from pathlib import Path
 
@@ -338,7 +347,7 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
         "method": method, "options": options, "taxonomy": taxonomy, "name": name, "also": list(also) or None,
         "data": {"root": root, "split_file": split_file, "manifests": list(manifests) or None, "layout": layout,
                  "fold": fold},
-        "backbone": {"model": model, "pretrained": pretrained},
+        "backbone": {"model": model, "pretrained": pretrained, "precision": precision},  # default fp32
         "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
                   "scheduler": scheduler, "weight_decay": weight_decay, "seed": seed, "val_fraction": val_fraction},
     }

@@ -64,15 +64,14 @@ def _aggregate(probs: np.ndarray, mapping: np.ndarray, n_out: int) -> np.ndarray
 
 def evaluate(backbone: Backbone, classifier: Classifier, dataset: Dataset, label_taxonomy: Taxonomy | None = None,
              also: Sequence[str] = (), cache: FeatureCache | None = None, batch_size: int | None = None,
-             workers: int | None = None, fast_decode: bool = False) -> Evaluation:
+             workers: int | None = None) -> Evaluation:
     """Encode (or fetch) features, predict, and compute every metric at the common level."""
     started = time.perf_counter()
     model_tax = classifier.taxonomy
     label_tax = label_taxonomy or model_tax
     labels = dataset.label_indices(label_tax)  # fails early on an unknown label
     level = common_level(model_tax, label_tax)
-    table = compute_features(backbone, dataset.paths, cache, batch_size=batch_size, workers=workers,
-                             fast_decode=fast_decode)
+    table = compute_features(backbone, dataset.paths, cache, batch_size=batch_size, workers=workers)
     encode_seconds = time.perf_counter() - started
     ok = table.ok
     with torch.no_grad():

@@ -133,7 +133,8 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
 
     backbone_cfg = config.get("backbone") or {}
     backbone = load_backbone(backbone_cfg.get("model") or DEFAULT_MODEL,
-                             backbone_cfg.get("pretrained") or DEFAULT_PRETRAINED, device)
+                             backbone_cfg.get("pretrained") or DEFAULT_PRETRAINED, device,
+                             precision=backbone_cfg.get("precision") or "fp32")  # exact unless asked
     cache = None if no_cache else FeatureCache(cache_dir or default_cache_dir(), backbone)
     train_table = compute_features(backbone, train_set.paths, cache)
     val_table = compute_features(backbone, val_set.paths, cache)

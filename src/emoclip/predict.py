@@ -55,7 +55,7 @@ class Tagger:
     def __init__(self, backbone: Backbone, classifier: Classifier, top_k: int = 3,
                  coarse_levels: Sequence[str] | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE,
                  workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 cache: FeatureCache | None = None, fast_decode: bool = False) -> None:
+                 cache: FeatureCache | None = None) -> None:
         self.backbone = backbone
         self.classifier = classifier
         self.top_k = max(1, top_k)
@@ -67,8 +67,7 @@ class Tagger:
         self.batch_size = image_batch_size(backbone, batch_size)
         self.workers = workers
         self.max_pixels = max_pixels
-        self.cache = cache
-        self.fast_decode = fast_decode
+        self.cache = cache  # decoding and precision come from backbone.spec, which also keys the cache
 
     @property
     def taxonomy(self) -> Taxonomy:
@@ -93,7 +92,7 @@ class Tagger:
         items = [as_source(p) for p in paths]
         pending: list[tuple[int, np.ndarray | None, str | None]] = []
         stream = iter_features(self.backbone, items, self.cache, self.batch_size, self.workers, self.max_pixels,
-                               progress, self.fast_decode)
+                               progress)
         for entry in stream:
             pending.append(entry)
             if len(pending) >= self.batch_size:
