@@ -43,6 +43,8 @@ class Prediction:
     distribution: dict[str, float] = field(default_factory=dict)
     levels: dict[str, dict[str, float]] = field(default_factory=dict)
     error: str | None = None
+    multi: list[tuple[str, float]] | None = None   # with --multi P: every label with probability >= P
+    generated: str | None = None  # the sentence a generative method (ugrie) wrote; None for the others
 
     @property
     def ok(self) -> bool:
@@ -55,7 +57,7 @@ class Tagger:
     def __init__(self, backbone: Backbone, classifier: Classifier, top_k: int = 3,
                  coarse_levels: Sequence[str] | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE,
                  workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 cache: FeatureCache | None = None) -> None:
+                 cache: FeatureCache | None = None, multi: float | None = None) -> None:
         self.backbone = backbone
         self.classifier = classifier
         self.top_k = max(1, top_k)
@@ -68,21 +70,34 @@ class Tagger:
         self.workers = workers
         self.max_pixels = max_pixels
         self.cache = cache  # decoding and precision come from backbone.spec, which also keys the cache
+        self.multi = multi
 
     @property
     def taxonomy(self) -> Taxonomy:
         return self.classifier.taxonomy
 
+    @property
+    def generates_text(self) -> bool:
+        """Rows carry ``generated`` (classifiers with ``logits_and_texts`` that say so, e.g. ugrie)."""
+        return bool(getattr(self.classifier, "generates_text", False))
+
     def predict_features(self, features: torch.Tensor, paths: Sequence[str]) -> list[Prediction]:
         """Predictions for already-encoded, normalised image features."""
-        fine = LevelProbabilities(self.taxonomy, softmax(self.classifier.logits(features)))
+        texts: list[str | None] = [None] * len(paths)
+        if self.generates_text:  # one pass gives the scores and the sentence
+            logits, texts = self.classifier.logits_and_texts(features)
+        else:
+            logits = self.classifier.logits(features)
+        fine = LevelProbabilities(self.taxonomy, softmax(logits))
         coarse = {name: coarsen(fine, name) for name in self.coarse_levels}
         rows = []
         for i, path in enumerate(paths):
             top = fine.top_k(i, self.top_k)
             rows.append(Prediction(path=path, label=top[0][0], probability=top[0][1], top_k=top,
                                    distribution=fine.as_dict(i),
-                                   levels={name: lvl.as_dict(i) for name, lvl in coarse.items()}))
+                                   levels={name: lvl.as_dict(i) for name, lvl in coarse.items()},
+                                   multi=None if self.multi is None else fine.at_least(i, self.multi),
+                                   generated=texts[i]))
         return rows
 
     def tag(self, paths: Iterable[str | Path | ImageBytes], progress: Callable[[int], None] | None = None
@@ -106,4 +121,5 @@ class Tagger:
         rows = iter(self.predict_features(torch.from_numpy(np.stack([f for _, f in good])),
                                           [str(items[i]) for i, _ in good]) if good else [])
         for i, feature, error in entries:
-            yield next(rows) if feature is not None else Prediction(path=str(items[i]), error=error)
+            yield next(rows) if feature is not None else Prediction(
+                path=str(items[i]), error=error, multi=None if self.multi is None else [])

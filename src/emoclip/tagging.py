@@ -44,6 +44,7 @@ class TaggerConfig:
     # the rows
     top_k: int = 3
     also: tuple[str, ...] | None = None   # coarser levels; None: every level the taxonomy maps into
+    multi: float | None = None        # also list every label with probability >= multi
     # the pipeline
     batch_size: int | None = None
     workers: int | None = None
@@ -75,6 +76,10 @@ def preflight(config: TaggerConfig) -> None:
     from .weights import DEFAULT_MODEL, DEFAULT_PRETRAINED
     from .weights import preflight as weights_preflight
 
+    if config.checkpoint:
+        from .bart_weights import preflight_checkpoint
+
+        preflight_checkpoint(config.checkpoint)  # a ugrie checkpoint's BART
     if config.checkpoint and not config.pretrained:
         return  # the checkpoint names its weights; load_checkpoint checks them
     weights_preflight(config.model or DEFAULT_MODEL, config.pretrained or DEFAULT_PRETRAINED)
@@ -136,4 +141,4 @@ def build_tagger(config: TaggerConfig, backbone: Backbone | None = None) -> Tagg
     backbone, classifier = build_classifier(config, backbone)
     return Tagger(backbone, classifier, top_k=config.top_k, coarse_levels=list(config.also) if config.also else None,
                   batch_size=config.batch_size, workers=config.workers, max_pixels=config.max_pixels,
-                  cache=open_cache(config, backbone))
+                  cache=open_cache(config, backbone), multi=config.multi)

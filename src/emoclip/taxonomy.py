@@ -34,11 +34,17 @@ _FILE_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
 
 @dataclass(frozen=True)
 class EmotionClass:
-    """One class: its name, the words that mean the same, and its parent class in a coarser taxonomy."""
+    """One class: its name, the words that mean the same, and its parent class in a coarser taxonomy.
+
+    ``aliases`` are other spellings of the name that datasets use for their labels (WEBEmo's folders
+    say "cheerfullness"); they resolve to the class when labels are read but, unlike synonyms, never
+    appear in prompts or captions.
+    """
 
     name: str
     synonyms: tuple[str, ...] = ()
     parent: str | None = None
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,7 @@ class Taxonomy:
     def _lookup(self) -> dict[str, int]:
         table: dict[str, int] = {}
         for i, c in enumerate(self.classes):
-            for word in c.synonyms:
+            for word in (*c.aliases, *c.synonyms):
                 table.setdefault(word.lower(), i)
         for i, c in enumerate(self.classes):  # a class name always wins over a synonym
             table[c.name.lower()] = i
@@ -144,8 +150,8 @@ class Taxonomy:
             "name": self.name,
             "description": self.description,
             "parent": self.parent.to_dict() if self.parent else None,
-            "classes": [{"name": c.name, "synonyms": list(c.synonyms), "parent": c.parent}
-                        for c in self.classes],
+            "classes": [{"name": c.name, "synonyms": list(c.synonyms), "parent": c.parent,
+                         **({"aliases": list(c.aliases)} if c.aliases else {})} for c in self.classes],
         }
 
 
@@ -180,9 +186,12 @@ def _parse_class(entry: object, origin: str) -> EmotionClass:
     synonyms = entry.get("synonyms") or ()
     if isinstance(synonyms, str):
         synonyms = [synonyms]
+    aliases = entry.get("aliases") or ()
+    if isinstance(aliases, str):
+        aliases = [aliases]
     parent = entry.get("parent")
     return EmotionClass(name=str(entry["name"]).strip(), synonyms=tuple(str(s) for s in synonyms),
-                        parent=None if parent is None else str(parent))
+                        parent=None if parent is None else str(parent), aliases=tuple(str(a) for a in aliases))
 
 
 def taxonomy_from_dict(data: dict, origin: str = "<dict>", _seen: tuple[str, ...] = (),
