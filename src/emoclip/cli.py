@@ -17,6 +17,7 @@ from collections.abc import Callable
 import click
 
 from .errors import EmoclipError
+from .serve.options import serve_options, settings_from  # click only: FastAPI is imported when serving
 
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
@@ -253,6 +254,36 @@ def merge(folder, output, fmt) -> None:
 
     rows = merge_shards(folder, output, fmt)
     click.echo(f"emoclip: {rows} rows → {output}", err=True)
+
+
+@main.command()
+@taxonomy_options
+@backbone_options
+@cache_options
+@speed_options(precision="auto", decode="draft")  # the same defaults as predict
+@click.option("--top-k", "-k", default=3, show_default=True, type=click.IntRange(min=1), help="Top labels per image.")
+@click.option("--also", multiple=True, help="Coarser level to add (e.g. polarity); default: every level.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Decoding threads (default: CPUs).")
+@click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(min=1),
+              help="Refuse larger images (422) as possible decompression bombs.")
+@serve_options
+@_handle_errors
+def serve(top_k, also, workers, max_pixels, **options) -> None:
+    """Serve tagging over HTTP: a JSON API (POST /v1/predict) and a web page at /.
+
+    Loads the model once; concurrent requests share encoder batches. Listens on 127.0.0.1:8000
+    unless told otherwise; see the README's "Serving over HTTP".
+    """
+    import inspect
+
+    try:
+        from .serve.server import serve as run_service
+    except ImportError as exc:
+        raise EmoclipError(f"emoclip serve needs {exc.name}; install it with: pip install 'emoclip[serve]'") from None
+    settings = settings_from(**{k: options.pop(k) for k in inspect.signature(settings_from).parameters})
+    config = _config(**options, top_k=top_k, also=tuple(also) or None, batch_size=settings.max_batch,
+                     workers=workers, max_pixels=max_pixels)
+    run_service(config, settings, "info" if log.level <= logging.INFO else "warning")
 
 
 def dataset_options(func: Callable) -> Callable:

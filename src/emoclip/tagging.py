@@ -101,20 +101,25 @@ def load_backbone_for(config: TaggerConfig, model: str | None = None, pretrained
                          config.device, precision=config.precision, decode=config.decode)
 
 
-def build_classifier(config: TaggerConfig) -> tuple[Backbone, Classifier]:
-    """(backbone, classifier): a trained checkpoint (its backbone unless overridden) or zero-shot."""
+def build_classifier(config: TaggerConfig, backbone: Backbone | None = None) -> tuple[Backbone, Classifier]:
+    """(backbone, classifier): a trained checkpoint (its backbone unless overridden) or zero-shot.
+
+    ``backbone``: an already loaded one to reuse (the service builds one classifier per requested
+    taxonomy on the backbone it loaded once); a checkpoint still checks that it matches."""
     if config.checkpoint:
         from .checkpoint import classifier_for, load_checkpoint, read_metadata
 
         # the checkpoint's weights (unless overridden: load_checkpoint checks they match) with this
-        # config's encoder options (precision, decoding)
-        meta = read_metadata(config.checkpoint)["backbone"]
-        backbone = load_backbone_for(config, config.model or meta["model"], config.pretrained or meta["pretrained"])
+        # config's encoder options (precision, decoding); a backbone given by the caller is reused
+        if backbone is None:
+            meta = read_metadata(config.checkpoint)["backbone"]
+            backbone = load_backbone_for(config, config.model or meta["model"],
+                                         config.pretrained or meta["pretrained"])
         method = load_checkpoint(config.checkpoint, backbone, config.device)
         return method.backbone, classifier_for(method, load_taxonomy_for(config, default=None))
     from .zeroshot import ZeroShotClassifier
 
-    backbone = load_backbone_for(config)
+    backbone = backbone or load_backbone_for(config)
     return backbone, ZeroShotClassifier(backbone, load_taxonomy_for(config), config.templates, config.synonyms)
 
 
@@ -126,12 +131,14 @@ def open_cache(config: TaggerConfig, backbone: Backbone) -> FeatureCache | None:
     return FeatureCache(config.cache_dir or default_cache_dir(), backbone)
 
 
-def build_tagger(config: TaggerConfig) -> Tagger:
-    """The Tagger that ``config`` describes: backbone and classifier loaded once, ready to tag."""
+def build_tagger(config: TaggerConfig, backbone: Backbone | None = None) -> Tagger:
+    """The Tagger that ``config`` describes: backbone and classifier loaded once, ready to tag
+    (on ``backbone`` when given: it must be the one ``config`` describes)."""
     from .predict import Tagger
 
-    preflight(config)
-    backbone, classifier = build_classifier(config)
+    if backbone is None:
+        preflight(config)
+    backbone, classifier = build_classifier(config, backbone)
     return Tagger(backbone, classifier, top_k=config.top_k, coarse_levels=list(config.also) if config.also else None,
                   batch_size=config.batch_size, workers=config.workers, max_pixels=config.max_pixels,
                   cache=open_cache(config, backbone), multi=config.multi)
