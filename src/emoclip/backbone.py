@@ -24,7 +24,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
 from .device import resolve_device
-from .errors import EmoclipError, WeightsUnavailableError
+from .errors import EmoclipError, WeightsUnavailableError, explain, shorten
 from .weights import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -173,6 +173,9 @@ def _create_from_file(name: str, path: str) -> torch.nn.Module:
             f"weights file {path} does not fit model {name} ({first}); pass the --model the file was "
             "trained with (OpenAI-trained state dicts need the '-quickgelu' variant, e.g. ViT-B-32-quickgelu)"
         ) from None
+    except Exception as exc:  # noqa: BLE001 - garbage, truncated or pickle-bearing files (errors.explain words it)
+        reason = explain(exc) or f"{type(exc).__name__}: {exc}"
+        raise WeightsUnavailableError(f"cannot load weights file {path}: {shorten(reason, 300)}") from None
 
 
 def _create_random(name: str) -> torch.nn.Module:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tomllib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from .methods.base import create_method, list_methods
 from .report import write_run
 from .taxonomy import load_taxonomy
 from .train import TrainConfig, train
+from .userfiles import parse_document, read_text
 
 log = logging.getLogger("emoclip")
 SECTIONS = {"method", "options", "taxonomy", "label_taxonomy", "data", "backbone", "train", "also", "eval_split",
@@ -61,12 +61,11 @@ def read_config(path: str | Path | None) -> dict[str, Any]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise EmoclipError(f"config file {path} does not exist")
-    text = file.read_text(encoding="utf-8")
-    try:
-        data = tomllib.loads(text) if file.suffix.lower() == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise EmoclipError(f"cannot parse config {path}: {str(exc).splitlines()[0]}") from None
-    unknown = sorted(set(data or {}) - SECTIONS)
+    suffix = ".toml" if file.suffix.lower() == ".toml" else ".yaml"
+    data = parse_document(read_text(file, "config"), suffix, str(path), "config")
+    if data is not None and not isinstance(data, dict):
+        raise EmoclipError(f"config {path} must be a mapping of sections ({', '.join(sorted(SECTIONS))})")
+    unknown = sorted(map(str, set(data or {}) - SECTIONS))
     if unknown:
         raise EmoclipError(f"config {path}: unknown section {', '.join(unknown)}; known: {', '.join(sorted(SECTIONS))}")
     return data or {}

@@ -8,6 +8,14 @@ a checkpoint every epoch, ``resume`` after an interruption, a progress bar and a
 Reproducibility: the order of epoch *e* comes from a generator seeded with (seed, e), and methods
 that sample (contrastive captions) use that generator, so stopping after any epoch and resuming
 ends with the same parameters as an uninterrupted run.
+
+Crash safety: everything needed to resume — the epoch, the weights, the optimiser and scheduler,
+the best weights so far, the history — is one file, ``last.safetensors`` (the JSON state in its
+metadata), replaced atomically once per epoch: that rename is the epoch's commit point. The files
+derived from it (``model.safetensors``/``model.json``, ``log.jsonl``) follow; a kill between them
+is repaired by ``--resume``, which rewrites them from the state, and ``load_checkpoint`` refuses a
+model whose weights and metadata name different epochs. Resuming checks that the state belongs to
+the same method and options.
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from .atomic import atomic_write_text
@@ -32,7 +39,7 @@ from .methods.base import Method
 
 log = logging.getLogger("emoclip")
 STATE_WEIGHTS = "last.safetensors"
-STATE_META = "last.json"
+STATE_FORMAT = "emoclip-train-state"
 LOG_FILE = "log.jsonl"
 
 
@@ -51,13 +58,29 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1    # carved from train, stratified, for model selection
 
+    def __post_init__(self) -> None:
+        """Refuse values that would fail mid-run or train nothing (0 epochs, lr ≤ 0, batch size 0)."""
+        rules = [("epochs", self.epochs >= 1, "at least 1"), ("batch_size", self.batch_size >= 1, "at least 1"),
+                 ("lr", self.lr > 0, "above 0"), ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                 ("weight_decay", self.weight_decay >= 0, "0 or more"), ("step_size", self.step_size >= 1,
+                                                                         "at least 1"),
+                 ("gamma", 0 < self.gamma <= 1, "in (0, 1]"), ("patience", self.patience >= 0, "0 or more"),
+                 ("val_fraction", 0 <= self.val_fraction < 1, "in [0, 1)")]
+        for name, ok, allowed in rules:
+            if not ok:
+                raise EmoclipError(f"training option {name} must be {allowed}, got {getattr(self, name)!r}")
+        _choose(OPTIMIZERS, self.optimizer, "optimizer")
+        _choose(SCHEDULERS, self.scheduler, "scheduler")
+
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> TrainConfig:
+        from .options import check_option_types
+
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - set(fields))
+        unknown = sorted(map(str, set(options) - set(fields)))
         if unknown:
             raise EmoclipError(f"unknown training option {', '.join(unknown)}; known: {', '.join(fields)}")
-        return cls(**options)
+        return cls(**check_option_types(cls, options, "training"))
 
 
 OPTIMIZERS: dict[str, Callable[[list, TrainConfig], torch.optim.Optimizer]] = {
@@ -101,6 +124,42 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
     return {"state": state, "param_groups": plain["param_groups"]}
 
 
+def _read_state(path: Path, method: Method, config: TrainConfig) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The saved training state, checked to be whole and to belong to this method and these options."""
+    from .checkpoint import read_tensors
+
+    tensors, metadata = read_tensors(path, "training state")
+    try:
+        state = json.loads(metadata["state"])
+        epoch = int(metadata["epoch"])
+        consistent = (metadata.get("format") == STATE_FORMAT and state["epoch"] == epoch
+                      and len(state["history"]) == epoch + 1 and {"val_accuracy", "epoch"} <= set(state["best"]))
+    except (KeyError, ValueError, TypeError):
+        consistent = False
+    if not consistent:
+        raise EmoclipError(f"training state {path} is damaged; delete it to start over (or run without --resume)")
+    if state["method"] != method.name or state["method_config"] != dataclasses.asdict(method.config):
+        raise EmoclipError(f"{path.parent} holds a {state['method']} run with other method options; resume it with "
+                           "the same --method/--set options, or train into another --out")
+    saved = {k: v for k, v in state["train_config"].items() if k != "epochs"}
+    changed = sorted(k for k, v in dataclasses.asdict(config).items() if k != "epochs" and saved.get(k) != v)
+    if changed:
+        raise EmoclipError(f"{path.parent} was trained with other {', '.join(changed)} "
+                           f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); resume with the same "
+                           "options (only --epochs may change), or train into another --out")
+    return state, tensors
+
+
+def _write_derived(out: Path, method: Method, best_tensors: dict[str, torch.Tensor] | None, best: dict,
+                   history: list[dict], meta: dict) -> None:
+    """The files that follow the committed state: the best model (when it changed) and the log."""
+    if best_tensors is not None and best["epoch"] >= 1:
+        save_checkpoint(out, method, {**meta, "training": {"best_epoch": best["epoch"],
+                                                           "val_accuracy": best["val_accuracy"]}},
+                        tensors=best_tensors)
+    atomic_write_text(out / LOG_FILE, "".join(json.dumps(r) + "\n" for r in history))
+
+
 def _accuracy(method: Method, x: torch.Tensor, y: torch.Tensor) -> float:
     if len(y) == 0:
         return float("nan")
@@ -139,14 +198,16 @@ def train(method: Method, train_data: tuple[torch.Tensor, torch.Tensor], val_dat
     scheduler = _choose(SCHEDULERS, config.scheduler, "scheduler")(optimizer, config)
     start_epoch, best, history = 0, {"val_accuracy": -1.0, "epoch": -1}, []
 
-    if resume and (out / STATE_META).is_file():
-        state_meta = json.loads((out / STATE_META).read_text())
-        tensors = load_file(str(out / STATE_WEIGHTS))
+    best_tensors = {k: v.detach().clone() for k, v in method.state_dict().items()}
+    if resume and (out / STATE_WEIGHTS).is_file():
+        state, tensors = _read_state(out / STATE_WEIGHTS, method, config)
         method.load_state_dict({k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")})
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, state_meta["optimizer"]))
-        if scheduler is not None and state_meta.get("scheduler") is not None:
-            scheduler.load_state_dict(state_meta["scheduler"])
-        start_epoch, best, history = state_meta["epoch"] + 1, state_meta["best"], state_meta["history"]
+        best_tensors = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+        _write_derived(out, method, best_tensors, best, history, meta)  # repair a kill after the commit
         log.info("resuming after epoch %d", start_epoch)
     elif resume:
         log.warning("--resume: no saved state in %s, starting from scratch", out)
@@ -186,14 +247,16 @@ def train(method: Method, train_data: tuple[torch.Tensor, torch.Tensor], val_dat
         improved = len(vy) == 0 or val_acc > best["val_accuracy"]
         if improved:
             best = {"val_accuracy": val_acc, "epoch": epoch + 1}
-            save_checkpoint(out, method, {**meta, "training": {"best_epoch": epoch + 1, "val_accuracy": val_acc}})
+            best_tensors = {k: v.detach().clone() for k, v in method.state_dict().items()}
         opt_tensors, opt_plain = _flatten_optimizer(optimizer.state_dict())
-        save_tensors({**{f"method.{k}": v for k, v in method.state_dict().items()}, **opt_tensors},
-                     out / STATE_WEIGHTS)
-        atomic_write_text(out / STATE_META, json.dumps({
-            "epoch": epoch, "best": best, "history": history, "optimizer": opt_plain,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None}) + "\n")
-        atomic_write_text(out / LOG_FILE, "".join(json.dumps(r) + "\n" for r in history))
+        state = {"epoch": epoch, "best": best, "history": history, "optimizer": opt_plain,
+                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                 "method": method.name, "method_config": dataclasses.asdict(method.config),
+                 "train_config": dataclasses.asdict(config)}
+        save_tensors({**{f"method.{k}": v for k, v in method.state_dict().items()},
+                      **{f"best.{k}": v for k, v in best_tensors.items()}, **opt_tensors},
+                     out / STATE_WEIGHTS, {"format": STATE_FORMAT, "epoch": str(epoch), "state": json.dumps(state)})
+        _write_derived(out, method, best_tensors if improved else None, best, history, meta)
     method.eval()
     return {"epochs": len(history), "best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
             "history": history, "seconds": round(time.perf_counter() - started, 3)}

@@ -55,7 +55,7 @@ def draft_size(backbone: Backbone) -> int:
 
 def _decode(backbone: Backbone, path: Path, max_pixels: int | None, draft: int | None) -> torch.Tensor | str:
     try:
-        return backbone.preprocess(load_rgb(path, max_pixels, draft))
+        return backbone.preprocess(load_rgb(path, max_pixels, draft, resize_to=draft_size(backbone)))
     except ImageDecodeError as exc:
         return str(exc)
     except Exception as exc:  # one unexpected failure must not sink the batch
