@@ -173,7 +173,7 @@ def _create_from_file(name: str, path: str) -> torch.nn.Module:
             f"weights file {path} does not fit model {name} ({first}); pass the --model the file was "
             "trained with (OpenAI-trained state dicts need the '-quickgelu' variant, e.g. ViT-B-32-quickgelu)"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - garbage, truncated or pickle-bearing files (errors.explain words it)
+    except Exception as exc:
         reason = explain(exc) or f"{type(exc).__name__}: {exc}"
         raise WeightsUnavailableError(f"cannot load weights file {path}: {shorten(reason, 300)}") from None
 

@@ -47,7 +47,7 @@ def read_tensors(path: str | Path, what: str = "weights file") -> tuple[dict[str
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
     except OSError as exc:
         raise EmoclipError(f"cannot read {what} {path}: {exc.strerror or exc}; check the path") from None
-    except Exception as exc:  # noqa: BLE001 - SafetensorError and whatever a damaged header raises
+    except Exception as exc:
         raise DamagedFileError(f"{what} {path} is damaged or not a safetensors file ({shorten(str(exc), 120)}); "
                                "restore it, or retrain") from None
     return tensors, metadata

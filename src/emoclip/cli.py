@@ -7,6 +7,7 @@ and turns ``EmoclipError`` into a one-line message with exit status 2.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -126,7 +127,7 @@ def _handle_errors(func: Callable) -> Callable:
         except BrokenPipeError:  # `emoclip predict … | head`: the reader left; say nothing more
             sys.stderr.close()
             sys.exit(EXIT_SOME_FAILED)
-        except Exception as exc:  # noqa: BLE001 - this is the CLI's last line of defence
+        except Exception as exc:
             if _DEBUG[0]:
                 raise
             message = explain(exc)
@@ -135,7 +136,7 @@ def _handle_errors(func: Callable) -> Callable:
                            "rerun with `emoclip --debug …` for the traceback and report it", err=True)
                 sys.exit(EXIT_BUG)
             click.echo(f"emoclip: error: {message}", err=True)
-            sys.exit(EXIT_USAGE)
+            sys.exit(getattr(exc, "exit_status", EXIT_USAGE))
     return wrapper
 
 
@@ -152,10 +153,8 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         _DEBUG[0] = bool(ctx.params.get("debug"))
         previous = None
-        try:
+        with contextlib.suppress(ValueError):  # not the main thread (e.g. embedded): leave signals alone
             previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        except ValueError:  # not the main thread (e.g. embedded): leave signals alone
-            pass
         try:
             return _handle_errors(super().invoke)(ctx)
         finally:
@@ -312,9 +311,19 @@ def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpo
     write_run(result, run, Path(out), mistakes)
     m = result.metrics
     coarse = "".join(f"  {lvl}-acc={100 * cm['accuracy']:.2f}" for lvl, cm in m["coarse"].items())
+    lost = f", {m['n_failed']} of {m['n'] + m['n_failed']} images unreadable" if m["n_failed"] else ""
     click.echo(f"{data.name}: n={m['n']} acc={100 * m['accuracy']:.2f} bal-acc={100 * m['balanced_accuracy']:.2f} "
                f"macro-F1={100 * m['macro_f1']:.2f}{coarse}  (cache {m['cache']['hits']} hits, "
-               f"{m['cache']['misses']} misses; {m['seconds']['total']:.1f} s) → {out}")
+               f"{m['cache']['misses']} misses; {m['seconds']['total']:.1f} s{lost}) → {out}")
+    _exit_if_lost(m["n_failed"], m["n"] + m["n_failed"], f"{out}/predictions.csv")
+
+
+def _exit_if_lost(lost: int, total: int, where: str) -> None:
+    """Exit 1 after the outputs are written when images could not be read: scores cover fewer images."""
+    if lost:
+        click.echo(f"emoclip: {lost} of {total} images could not be read and were left out of the scores; "
+                   f"{where} lists them with the reason", err=True)
+        sys.exit(EXIT_SOME_FAILED)
 
 
 @main.command("train")
@@ -334,7 +343,8 @@ def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpo
 @click.option("--scheduler", type=click.Choice(["none", "step", "plateau"]), default=None)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None)
 @click.option("--seed", type=int, default=None)
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None, help="Part of train held out for model selection.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Part of train held out for model selection.")
 @click.option("--also", multiple=True, help="Coarser levels to score on the test split (e.g. polarity).")
 @click.option("--name", default=None, help="Row label in `emoclip aggregate`.")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run folder.")
@@ -382,6 +392,8 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
               else f"fitted directly {t.get('fit', {})}")
     click.echo(f"{summary['method']}: {fitted} (val acc {100 * t.get('val_accuracy', 0):.2f}); "
                f"test {scores or 'not scored'} → {out}")
+    lost = summary.get("lost", {})
+    _exit_if_lost(sum(lost.values()), sum(summary.get("listed", {}).values()), f"{out}/summary.json")
 
 
 @main.command()

@@ -23,6 +23,14 @@ MAX_MESSAGE_CHARS = 600
 class EmoclipError(Exception):
     """A problem the user can fix; the message says how."""
 
+    exit_status = 2  # the CLI's status for it: a usage error
+
+
+class NothingReadableError(EmoclipError):
+    """Not one image of a run could be read: there is nothing to score or train on."""
+
+    exit_status = 1  # like "some files could not be read", all of them here
+
 
 class WeightsUnavailableError(EmoclipError):
     """Pretrained weights could neither be found locally nor downloaded."""

@@ -34,7 +34,8 @@ from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_backbone
 from .checkpoint import load_checkpoint
 from .data.cache import FeatureCache, compute_features, default_cache_dir
 from .data.dataset import Dataset, open_dataset, stratified_split
-from .errors import EmoclipError
+from .data.files import name_text
+from .errors import EmoclipError, NothingReadableError
 from .evaluate import evaluate
 from .methods.base import create_method, list_methods
 from .report import write_run
@@ -138,7 +139,12 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
     val_table = compute_features(backbone, val_set.paths, cache)
     for table in (train_table, val_table):
         for i, reason in table.errors.items():
-            log.warning("skipping %s: %s", table.paths[i], reason)
+            log.warning("skipping %s: %s", name_text(table.paths[i]), reason)
+    if len(train_table.ok) and not train_table.ok.any():
+        raise NothingReadableError(f"none of the {len(train_table.ok)} training images could be read (first: "
+                                   f"{name_text(train_table.paths[0])}: {train_table.errors[0]}); nothing to train on")
+    lost = {"train": len(train_table.errors), "val": len(val_table.errors)}
+    listed = {"train": len(train_table.paths), "val": len(val_table.paths)}
     train_xy = _tensors(train_table, labels_of(train_set))
     val_xy = _tensors(val_table, labels_of(val_set))
 
@@ -150,7 +156,8 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
     training = train(method, train_xy, val_xy, train_config, out, resume=resume, progress=progress, extra_meta=meta,
                      train_paths=[str(train_table.paths[i]) for i in range(len(train_table.paths))
                                   if train_table.ok[i]])
-    summary = {"method": name, "training": {k: v for k, v in training.items() if k != "history"}, **meta}
+    summary = {"method": name, "training": {k: v for k, v in training.items() if k != "history"}, **meta,
+               "lost": lost, "listed": listed}
 
     eval_split = config.get("eval_split", "test")
     if eval_split and eval_split in data.splits:
@@ -162,6 +169,7 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
                "backbone": backbone.identity(), "taxonomy": taxonomy.name, "label_taxonomy": label_taxonomy.name,
                "training": summary["training"]}
         write_run(result, run, out)
+        lost["test"], listed["test"] = result.metrics["n_failed"], len(test)
         summary["test"] = {"accuracy": result.metrics["accuracy"], "macro_f1": result.metrics["macro_f1"],
                            **{f"{lvl}_accuracy": m["accuracy"] for lvl, m in result.metrics["coarse"].items()}}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")

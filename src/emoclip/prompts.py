@@ -42,7 +42,8 @@ def _check(templates: Sequence[str], origin: str) -> tuple[str, ...]:
     bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1 or not _formats(t)]
     if bad or not templates:
         raise EmoclipError(f"each template in {origin} needs exactly one '{{}}' for the class word; "
-                           f"bad: {short_repr(bad[0]) if bad else '(none given)'} (write a literal brace as '{{{{' or '}}}}')")
+                           f"bad: {short_repr(bad[0]) if bad else '(none given)'} "
+                           "(write a literal brace as '{{' or '}}')")
     return tuple(templates)
 
 

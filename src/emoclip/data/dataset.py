@@ -11,12 +11,18 @@ vote distribution). Sources are a registry keyed by layout:
 - ``manifest``: JSON manifests (EmoSet style), one per split or one with a ``split`` field.
 
 Labels are checked against the taxonomy up front, with an error naming the label and the file.
+Listed image paths must stay inside ``--root``: an absolute path or one that climbs out with ``..``
+is refused (a shared split file must not make emoclip read arbitrary files). Split files are read
+as UTF-8 tables of bounded size; names use ``files.name_text``'s escapes, so any file name a split
+file lists round-trips exactly.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EmoclipError, TaxonomyError
+from ..errors import EmoclipError, TaxonomyError, short_repr
 from ..taxonomy import Taxonomy
-from .files import IMAGE_SUFFIXES
+from ..userfiles import MAX_TABLE_BYTES, read_text
+from .files import name_from_text, name_text, walk_images
 
 SPLIT_FOLDER_NAMES = ("train", "val", "validation", "test")
 _FOLD_PATTERN = re.compile(r"(fold|split|part)[_-]?(\d+)", re.IGNORECASE)
@@ -95,7 +102,21 @@ class Dataset:
 
 # -- sources -------------------------------------------------------------------------------------
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return walk_images(folder)  # what it passes over is counted in a warning
+
+
+def listed_path(root: Path, listed: str, origin: str) -> Path:
+    """``root / listed`` for a path from a split file or manifest, refused if it leaves ``root``."""
+    relative = name_from_text(listed.strip())
+    if not relative:
+        raise EmoclipError(f"{origin}: an image path is empty; list each image relative to --root")
+    if os.path.isabs(relative) or relative.startswith("~"):
+        raise EmoclipError(f"{origin}: image path '{name_text(relative)}' is absolute; list images relative to "
+                           f"--root ({name_text(root)})")
+    if ".." in Path(relative).parts:
+        raise EmoclipError(f"{origin}: image path '{name_text(relative)}' climbs out of --root with '..'; list "
+                           "images inside --root (or point --root higher)")
+    return root / relative
 
 
 def _class_folder_samples(root: Path, split: str | None) -> list[Sample]:
@@ -122,9 +143,18 @@ def from_split_folders(root: Path, **_) -> Dataset:
 
 
 def _read_table(path: Path) -> list[list[str]]:
-    text = path.read_text(encoding="utf-8-sig")
-    delimiter = "\t" if "\t" in text.splitlines()[0] else ","
-    return [row for row in csv.reader(text.splitlines(), delimiter=delimiter) if row and any(row)]
+    """Rows of a CSV/TSV (tab-separated when the first line has a tab); never empty."""
+    text = read_text(path, "table", MAX_TABLE_BYTES)
+    first = text.split("\n", 1)[0]
+    delimiter = "\t" if "\t" in first else ","
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+                if row and any(cell.strip() for cell in row)]
+    except csv.Error as exc:
+        raise EmoclipError(f"cannot read table {path}: {exc}; check its quoting") from None
+    if not rows:
+        raise EmoclipError(f"{path} is empty; it needs a row per image: image, label[, split]")
+    return rows
 
 
 def _list_file_samples(path: Path, base: Path, split: str | None) -> list[Sample]:
@@ -135,8 +165,8 @@ def _list_file_samples(path: Path, base: Path, split: str | None) -> list[Sample
     for n, row in enumerate(rows, 1):
         fields = row if len(row) > 1 else row[0].split()
         if len(fields) < 2:
-            raise EmoclipError(f"{path}:{n}: expected 'image<TAB>label', got {row!r}")
-        samples.append(Sample(base / fields[0].strip(), fields[1].strip(), split))
+            raise EmoclipError(f"{path}:{n}: expected 'image<TAB>label', got {short_repr(row)}")
+        samples.append(Sample(listed_path(base, fields[0], f"{path}:{n}"), fields[1].strip(), split))
     return samples
 
 
@@ -155,9 +185,11 @@ def from_split_file(root: Path, split_file: Path | None = None, **_) -> Dataset:
     samples = []
     for n, row in enumerate(rows, 2):
         if len(row) <= max(image_col, label_col):
-            raise EmoclipError(f"{split_file}:{n}: expected image, label and split columns, got {row!r}")
+            raise EmoclipError(f"{split_file}:{n}: expected image, label and split columns, got {short_repr(row)}")
         split = row[split_col].strip() if split_col is not None and split_col < len(row) else None
-        samples.append(Sample(root / row[image_col].strip(), row[label_col].strip(), split))
+        samples.append(Sample(listed_path(root, row[image_col], f"{split_file}:{n}"), row[label_col].strip(), split))
+    if not samples:
+        raise EmoclipError(f"{split_file} lists no images (only a header); it needs a row per image")
     dataset = Dataset(split_file.parent.name, samples, source=str(split_file))
     votes_file = split_file.parent / "ground_truth.txt"
     return attach_votes(dataset, votes_file, root) if votes_file.is_file() else dataset
@@ -196,10 +228,10 @@ def _manifest_entries(data: object, origin: Path) -> list[tuple[str, str, str | 
             image = entry.get("image") or entry.get("path") or entry.get("file")
             label = entry.get("label") or entry.get("emotion")
             if image is None or label is None:
-                raise EmoclipError(f"{origin}: every entry needs 'image' and 'label'; got {entry!r}")
+                raise EmoclipError(f"{origin}: every entry needs 'image' and 'label'; got {short_repr(entry)}")
             out.append((str(image), str(label), entry.get("split")))
         else:
-            raise EmoclipError(f"{origin}: cannot read entry {entry!r}; use {{'image':…, 'label':…}}")
+            raise EmoclipError(f"{origin}: cannot read entry {short_repr(entry)}; use {{'image':…, 'label':…}}")
     return out
 
 
@@ -210,11 +242,11 @@ def from_manifest(root: Path, manifests: Sequence[Path] = (), **_) -> Dataset:
     samples = []
     for manifest in manifests:
         try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(read_text(manifest, "manifest", MAX_TABLE_BYTES))
+        except json.JSONDecodeError as exc:
             raise EmoclipError(f"cannot read manifest {manifest}: {exc}") from None
         default_split = manifest.stem.lower() if manifest.stem.lower() in SPLIT_FOLDER_NAMES else None
-        samples += [Sample(root / image, label, split or default_split)
+        samples += [Sample(listed_path(root, image, str(manifest)), label, split or default_split)
                     for image, label, split in _manifest_entries(data, manifest)]
     return Dataset(root.name, samples, source=", ".join(map(str, manifests)))
 
@@ -257,11 +289,12 @@ def open_dataset(root: str | Path | None = None, split_file: str | Path | None =
     if layout not in SOURCES:
         raise EmoclipError(f"unknown layout '{layout}'; use one of {', '.join(SOURCES)}")
     dataset = SOURCES[layout](base, split_file=split_path, manifests=manifest_paths, fold=fold)
-    missing = [s.path for s in dataset.samples[:1000] if not s.path.exists()]
-    if missing:
-        raise EmoclipError(f"{len(missing)} listed images do not exist (first: {missing[0]}); "
+    checked = dataset.samples[:1000]
+    missing = [s.path for s in checked if not os.path.lexists(s.path)]
+    if missing and len(missing) == len(checked):  # none there: the wrong --root, not a few lost files
+        raise EmoclipError(f"{len(missing)} listed images do not exist (first: {name_text(missing[0])}); "
                            "is --root the folder the listed paths are relative to?")
-    return dataset
+    return dataset  # a few missing images become error rows, counted as lost (exit status 1)
 
 
 # -- vote distributions --------------------------------------------------------------------------
@@ -324,4 +357,4 @@ def write_split_file(dataset: Dataset, path: Path, root: Path) -> None:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(["image", "label", "split"])
         for s in dataset.samples:
-            writer.writerow([s.path.relative_to(root).as_posix(), s.label, s.split])
+            writer.writerow([name_text(s.path.relative_to(root).as_posix()), s.label, s.split])

@@ -45,7 +45,7 @@ _GLOB_CHARS = set("*?[")
 
 
 def _needs_escape(ch: str) -> bool:
-    return ch == "\\" or not ch.isprintable() and ch != " "
+    return ch == "\\" or (not ch.isprintable() and ch != " ")
 
 
 def _escape(ch: str) -> str:
