@@ -98,7 +98,7 @@ def _config(checkpoint=None, taxonomy=None, labels=None, templates=None, synonym
     from .tagging import TaggerConfig
 
     if labels is not None and taxonomy is not None:
-        raise EmoclipError("give either --labels or --taxonomy, not both")
+        raise EmoclipError("--labels and --taxonomy were both given; give either --labels or --taxonomy, not both")
     label_list = tuple(labels.split(",")) if labels is not None else None  # "" is an error, not the default
     return TaggerConfig(checkpoint=checkpoint, taxonomy=taxonomy, labels=label_list, templates=templates,
                         synonyms=synonyms, model=model, pretrained=pretrained, device=device, int8=int8,
@@ -365,7 +365,7 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep:
-            raise EmoclipError(f"--set needs KEY=VALUE, got '{item}'")
+            raise EmoclipError(f"--set needs KEY=VALUE, got '{shorten(item, 80)}'; write e.g. --set lr=0.01")
         try:
             options[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:

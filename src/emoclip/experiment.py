@@ -65,7 +65,8 @@ def read_config(path: str | Path | None) -> dict[str, Any]:
     suffix = ".toml" if file.suffix.lower() == ".toml" else ".yaml"
     data = parse_document(read_text(file, "config"), suffix, str(path), "config")
     if data is not None and not isinstance(data, dict):
-        raise EmoclipError(f"config {path} must be a mapping of sections ({', '.join(sorted(SECTIONS))})")
+        raise EmoclipError(f"config {path} is not a mapping of sections; use the sections "
+                           f"{', '.join(sorted(SECTIONS))} (see configs/)")
     unknown = sorted(map(str, set(data or {}) - SECTIONS))
     if unknown:
         raise EmoclipError(f"config {path}: unknown section {', '.join(unknown)}; known: {', '.join(sorted(SECTIONS))}")

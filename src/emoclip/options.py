@@ -53,7 +53,8 @@ def check_option_types(cls: type, options: dict[str, Any], what: str) -> dict[st
         if not any(_accepts(kind, value) for kind in allowed if kind is not type(None)):
             words = " or ".join(_TYPE_WORDS.get(k, getattr(k, "__name__", str(k))) for k in allowed
                                 if k is not type(None))
-            raise EmoclipError(f"{what} option {f.name} must be {words}, got {short_repr(value)}")
+            raise EmoclipError(f"{what} option {f.name} must be {words}, got {short_repr(value)}; "
+                               "fix it in --set or the config")
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
             checked[f.name] = float(value)
     return checked

@@ -74,7 +74,7 @@ class Taxonomy:
             if c.parent not in known:
                 raise TaxonomyError(
                     f"class '{c.name}' of taxonomy '{self.name}' has parent '{c.parent}', which is not a class "
-                    f"of '{self.parent.name}' ({', '.join(self.parent.names)})")
+                    f"of '{self.parent.name}'; use one of {', '.join(self.parent.names)}")
 
     # -- lookup -------------------------------------------------------------------------------------
     @property
@@ -160,7 +160,8 @@ def builtin_taxonomies() -> list[str]:
 def _read_mapping(text: str, suffix: str, origin: str) -> dict:
     data = parse_document(text, suffix, origin, "taxonomy file", TaxonomyError)
     if not isinstance(data, dict):
-        raise TaxonomyError(f"taxonomy file {origin} must hold a mapping with 'name' and 'classes'")
+        raise TaxonomyError(f"taxonomy file {origin} must hold a mapping with 'name' and 'classes'; "
+                            "write it as name: …, classes: [calm, tense, …]")
     return data
 
 
@@ -172,16 +173,16 @@ def _word(value: object, what: str, origin: str) -> str:
                             "quote it in YAML")
     if len(value) > MAX_NAME_CHARS or not value.isprintable():
         raise TaxonomyError(f"{what} {short_repr(value)} in {origin} must be printable and at most "
-                            f"{MAX_NAME_CHARS} characters")
+                            f"{MAX_NAME_CHARS} characters; rename it")
     return value.strip()
 
 
 def _parse_class(entry: object, origin: str) -> EmotionClass:
-    if isinstance(entry, str):
+    if not isinstance(entry, dict | list):  # a bare name (and a null, number or yes/no is refused there)
         return EmotionClass(name=_word(entry, "a class name", origin))
     if not isinstance(entry, dict) or "name" not in entry:
-        raise TaxonomyError(f"each class in {origin} must be a name or a mapping with 'name'; "
-                            f"got {short_repr(entry)}")
+        raise TaxonomyError(f"each class in {origin} must be a name or a mapping with 'name', "
+                            f"got {short_repr(entry)}; write - calm or - {{name: calm}}")
     unknown = sorted(str(k) for k in entry if k not in ("name", "synonyms", "parent"))
     if unknown:
         raise TaxonomyError(f"class {short_repr(entry.get('name'))} in {origin} has unknown key "
@@ -191,7 +192,8 @@ def _parse_class(entry: object, origin: str) -> EmotionClass:
     if isinstance(synonyms, str):
         synonyms = [synonyms]
     if not isinstance(synonyms, list | tuple):
-        raise TaxonomyError(f"synonyms of '{name}' in {origin} must be a list of words, got {short_repr(synonyms)}")
+        raise TaxonomyError(f"synonyms of '{name}' in {origin} must be a list of words, got {short_repr(synonyms)}; "
+                            "write synonyms: [word, …]")
     parent = entry.get("parent")
     return EmotionClass(name=name, synonyms=tuple(_word(w, f"a synonym of '{name}'", origin) for w in synonyms),
                         parent=None if parent is None else _word(parent, f"the parent of '{name}'", origin))
@@ -203,13 +205,13 @@ def taxonomy_from_dict(data: dict, origin: str = "<dict>", _seen: tuple[str, ...
     name = _word(data["name"], "the taxonomy name", origin) if data.get("name") is not None else Path(origin).stem
     description = data.get("description") or ""
     if not isinstance(description, str):
-        raise TaxonomyError(f"the description in {origin} must be text, got {short_repr(description)}")
+        raise TaxonomyError(f"the description in {origin} must be text, got {short_repr(description)}; quote it")
     if name in _seen:
         cycle = " → ".join((*_seen, name))
         raise TaxonomyError(f"taxonomy parents form a cycle ({cycle}); a coarser level cannot map back")
     raw_classes = data.get("classes")
     if not isinstance(raw_classes, list):
-        raise TaxonomyError(f"taxonomy {origin} needs a 'classes:' list")
+        raise TaxonomyError(f"taxonomy {origin} needs a 'classes:' list; add classes: [calm, tense, …]")
     parent_ref = data.get("parent")
     parent: Taxonomy | None = None
     if isinstance(parent_ref, dict):
@@ -253,7 +255,8 @@ def taxonomy_from_labels(labels: Iterable[str], name: str = "custom") -> Taxonom
     """An ad-hoc taxonomy from a list of label names (``--labels calm,tense,joyful``)."""
     classes = tuple(EmotionClass(name=_word(label, "a label", "--labels")) for label in labels if label.strip())
     if len(classes) < 2:
-        raise TaxonomyError("give at least two labels, separated by commas (e.g. --labels calm,tense)")
+        raise TaxonomyError("fewer than two labels given; give at least two labels, separated by commas "
+                            "(e.g. --labels calm,tense)")
     return Taxonomy(name=name, classes=classes)
 
 

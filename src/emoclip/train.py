@@ -68,7 +68,8 @@ class TrainConfig:
                  ("val_fraction", 0 <= self.val_fraction < 1, "in [0, 1)")]
         for name, ok, allowed in rules:
             if not ok:
-                raise EmoclipError(f"training option {name} must be {allowed}, got {getattr(self, name)!r}")
+                raise EmoclipError(f"training option {name} must be {allowed}, got {getattr(self, name)!r}; "
+                                   f"fix --{name.replace('_', '-')} or the config's train section")
         _choose(OPTIMIZERS, self.optimizer, "optimizer")
         _choose(SCHEDULERS, self.scheduler, "scheduler")
 
@@ -193,7 +194,7 @@ def train(method: Method, train_data: tuple[torch.Tensor, torch.Tensor], val_dat
 
     params = method.trainable_parameters()
     if not params:
-        raise EmoclipError(f"method {method.name} has nothing to train")
+        raise EmoclipError(f"method {method.name} has nothing to train; choose another --method or options")
     optimizer = _choose(OPTIMIZERS, config.optimizer, "optimizer")(params, config)
     scheduler = _choose(SCHEDULERS, config.scheduler, "scheduler")(optimizer, config)
     start_epoch, best, history = 0, {"val_accuracy": -1.0, "epoch": -1}, []

@@ -85,10 +85,11 @@ def parse_document(text: str, suffix: str, origin: str, what: str, error: type[E
             data = yaml.safe_load(text)
         _expanded_size(data, MAX_DOCUMENT_NODES, {}, set())
     except RecursionError:
-        raise error(f"cannot use {what} {origin}: it is nested too deeply") from None
+        raise error(f"cannot use {what} {origin}: it is nested too deeply; is it the right file?") from None
     except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise error(f"cannot parse {what} {origin}: {shorten(reason, 200)}") from None
+        raise error(f"cannot parse {what} {origin}: {shorten(reason, 200)}; fix it (or is it the right file?)"
+                    ) from None
     return data
 
 

@@ -138,7 +138,7 @@ def from_split_folders(root: Path, **_) -> Dataset:
             split = "val" if d.name.lower() == "validation" else d.name.lower()
             samples += _class_folder_samples(d, split)
     if not samples:
-        raise EmoclipError(f"no images under {root}/{{train,val,test}}/<class>/")
+        raise EmoclipError(f"no images under {root}/{{train,val,test}}/<class>/; check --root and --layout")
     return Dataset(root.name, samples, source=str(root))
 
 
@@ -165,7 +165,7 @@ def _list_file_samples(path: Path, base: Path, split: str | None) -> list[Sample
     for n, row in enumerate(rows, 1):
         fields = row if len(row) > 1 else row[0].split()
         if len(fields) < 2:
-            raise EmoclipError(f"{path}:{n}: expected 'image<TAB>label', got {short_repr(row)}")
+            raise EmoclipError(f"{path}:{n}: expected 'image<TAB>label', got {short_repr(row)}; fix that row")
         samples.append(Sample(listed_path(base, fields[0], f"{path}:{n}"), fields[1].strip(), split))
     return samples
 
@@ -173,7 +173,7 @@ def _list_file_samples(path: Path, base: Path, split: str | None) -> list[Sample
 def from_split_file(root: Path, split_file: Path | None = None, **_) -> Dataset:
     """``image, label, split`` rows (header optional; tab or comma separated), paths relative to root."""
     if split_file is None:
-        raise EmoclipError("the split-file layout needs --split-file")
+        raise EmoclipError("the split-file layout needs a split file; give --split-file FILE")
     rows = _read_table(split_file)
     header = [h.strip().lower() for h in rows[0]]
     if {"image", "label"} <= set(header) or {"path", "label"} <= set(header):
@@ -185,7 +185,8 @@ def from_split_file(root: Path, split_file: Path | None = None, **_) -> Dataset:
     samples = []
     for n, row in enumerate(rows, 2):
         if len(row) <= max(image_col, label_col):
-            raise EmoclipError(f"{split_file}:{n}: expected image, label and split columns, got {short_repr(row)}")
+            raise EmoclipError(f"{split_file}:{n}: expected image, label and split columns, got {short_repr(row)}; "
+                               "fix that row")
         split = row[split_col].strip() if split_col is not None and split_col < len(row) else None
         samples.append(Sample(listed_path(root, row[image_col], f"{split_file}:{n}"), row[label_col].strip(), split))
     if not samples:
@@ -205,7 +206,7 @@ def from_kfold(root: Path, fold: int | None = None, **_) -> Dataset:
     parts = sorted((p for p in root.iterdir() if _fold_number(p) is not None and
                     (p.is_dir() or p.suffix.lower() in (".txt", ".tsv", ".csv"))), key=_fold_number)
     if not parts:
-        raise EmoclipError(f"no fold folders or list files (fold1, fold2, …) in {root}")
+        raise EmoclipError(f"no fold folders or list files (fold1, fold2, …) in {root}; check --root and --layout")
     numbers = [_fold_number(p) for p in parts]
     test_fold = numbers[0] if fold is None else fold
     if test_fold not in numbers:
@@ -238,13 +239,13 @@ def _manifest_entries(data: object, origin: Path) -> list[tuple[str, str, str | 
 def from_manifest(root: Path, manifests: Sequence[Path] = (), **_) -> Dataset:
     """JSON manifests; a file named train/val/test.json gives its split to entries without one."""
     if not manifests:
-        raise EmoclipError("the manifest layout needs --manifest FILE (repeatable)")
+        raise EmoclipError("the manifest layout needs a manifest; give --manifest FILE (repeatable)")
     samples = []
     for manifest in manifests:
         try:
             data = json.loads(read_text(manifest, "manifest", MAX_TABLE_BYTES))
         except json.JSONDecodeError as exc:
-            raise EmoclipError(f"cannot read manifest {manifest}: {exc}") from None
+            raise EmoclipError(f"cannot read manifest {manifest}: {exc}; fix its JSON") from None
         default_split = manifest.stem.lower() if manifest.stem.lower() in SPLIT_FOLDER_NAMES else None
         samples += [Sample(listed_path(root, image, str(manifest)), label, split or default_split)
                     for image, label, split in _manifest_entries(data, manifest)]
@@ -280,10 +281,10 @@ def open_dataset(root: str | Path | None = None, split_file: str | Path | None =
     if base is None:
         raise EmoclipError("give the data: --root DIR (class folders), with --split-file FILE or --manifest FILE")
     if not base.is_dir():
-        raise EmoclipError(f"data folder {base} does not exist")
+        raise EmoclipError(f"data folder {base} does not exist; check --root")
     for f in [split_path, *manifest_paths]:
         if f is not None and not f.is_file():
-            raise EmoclipError(f"{f} does not exist")
+            raise EmoclipError(f"{f} does not exist or is not a regular file; check the path")
     if layout is None:
         layout = "split-file" if split_path else "manifest" if manifest_paths else detect_layout(base)
     if layout not in SOURCES:
