@@ -46,7 +46,7 @@ class Outcome:
         return list(csv.DictReader(io.StringIO(self.stdout, newline="")))
 
 
-def cli(*args, input: str | None = None) -> Outcome:  # noqa: A002 - click's name
+def cli(*args, input: str | None = None) -> Outcome:
     """The emoclip CLI in-process; an exception escaping it (a traceback) is kept, not raised."""
     from click.testing import CliRunner
 
