@@ -174,8 +174,10 @@ def _create_from_file(name: str, path: str) -> torch.nn.Module:
             "trained with (OpenAI-trained state dicts need the '-quickgelu' variant, e.g. ViT-B-32-quickgelu)"
         ) from None
     except Exception as exc:
-        reason = explain(exc) or f"{type(exc).__name__}: {exc}"
-        raise WeightsUnavailableError(f"cannot load weights file {path}: {shorten(reason, 300)}") from None
+        reason = explain(exc) or shorten(f"{type(exc).__name__}: {exc}", 200)
+        if "; " not in reason:
+            reason += "; give a CLIP weights file (.safetensors, an open_clip state dict, or OpenAI's .pt)"
+        raise WeightsUnavailableError(f"cannot load weights file {path}: {shorten(reason, 400)}") from None
 
 
 def _create_random(name: str) -> torch.nn.Module:

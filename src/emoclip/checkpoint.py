@@ -149,8 +149,8 @@ def load_checkpoint(path: str | Path, backbone: Backbone | None = None, device: 
     try:
         method.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise EmoclipError(f"checkpoint {path} does not fit method {meta['method']}: "
-                           f"{shorten(str(exc).splitlines()[0], 200)}") from None
+        raise EmoclipError(f"checkpoint {path} does not fit method {meta['method']} ({shorten(str(exc), 200)}); "
+                           "its weights were damaged or come from another run: retrain it") from None
     return method.eval()
 
 
