@@ -113,21 +113,22 @@ def _fsync_dir(folder: Path) -> None:
 def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8",
                  newline: str | None = None) -> Iterator[IO]:
     """Open a temporary file for writing; on success it replaces ``path`` in one rename."""
-    target = _writable_target(path)
+    requested = Path(path).expanduser()
     binary = "b" in mode
     text_args = {} if binary else {"encoding": encoding, "newline": newline}
     try:
-        info = os.stat(target)
+        info = os.stat(requested)
     except FileNotFoundError:
         info = None
     except OSError as exc:
-        raise _with_target(exc, target) from None
+        raise _with_target(exc, requested) from None
     if info is not None and stat.S_ISDIR(info.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(target))
-    if info is not None and not stat.S_ISREG(info.st_mode):  # /dev/stdout, a pipe, a terminal
-        with open(target, mode, **text_args) as handle:
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(requested))
+    if info is not None and not stat.S_ISREG(info.st_mode):  # /dev/stdout, a pipe, a terminal: write to it
+        with open(requested, mode, **text_args) as handle:
             yield handle
         return
+    target = _writable_target(requested)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target)

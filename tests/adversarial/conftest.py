@@ -60,7 +60,8 @@ def cli(*args, input: str | None = None) -> Outcome:
 
 def cli_process(*args, env: dict | None = None, timeout: float = 60, **popen) -> subprocess.Popen:
     """The emoclip CLI in a child process (signals, kills)."""
-    command = [sys.executable, "-m", "emoclip.cli", *map(os.fspath, args)]
+    command = [sys.executable, "-m", "emoclip.cli", *(os.fspath(a) if isinstance(a, os.PathLike) else str(a)
+                                                      for a in args)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
                             env={**os.environ, **(env or {})}, **popen)
 
