@@ -41,7 +41,7 @@ def test_local_state_dict_files_load(tiny, tmp_path, suffix):
     loaded = load_backbone("tiny", str(path), "cpu")
     assert loaded.weights.kind == "file" and loaded.weights_id.startswith("sha256:")
     texts = ["a photo seems to express a feeling of awe"]
-    assert torch.equal(loaded.encode_texts(texts), tiny.encode_texts(texts))
+    assert torch.equal(loaded.encode_texts(texts), tiny.encode_texts(texts))  # same weights, same call
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")

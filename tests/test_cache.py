@@ -20,7 +20,7 @@ def test_second_run_is_served_from_cache_with_identical_features(tiny, photo_fol
     assert (cold.hits, cold.misses) == (0, 5) and (warm.hits, warm.misses) == (5, 0)
     assert np.array_equal(cold.features, warm.features)
     uncached = compute_features(tiny, paths, None)
-    assert np.array_equal(uncached.features, cold.features)
+    assert np.array_equal(uncached.features, cold.features)  # the same call (same batches) repeated
 
 
 def test_changed_file_is_re_encoded(tiny, tmp_path):
@@ -33,7 +33,7 @@ def test_changed_file_is_re_encoded(tiny, tmp_path):
     after = compute_features(tiny, [image], cache)
     assert after.misses == 1
     assert not np.array_equal(before.features, after.features)
-    assert np.array_equal(after.features, compute_features(tiny, [image], None).features)
+    assert np.array_equal(after.features, compute_features(tiny, [image], None).features)  # same call repeated
 
 
 def test_other_backbone_never_reads_these_features(tiny, tiny_other, photo_folder, tmp_path):
@@ -43,7 +43,7 @@ def test_other_backbone_never_reads_these_features(tiny, tiny_other, photo_folde
     assert cache.dir != FeatureCache(tmp_path, tiny).dir
     table = compute_features(tiny_other, paths, cache)
     assert table.misses == len(paths)
-    assert np.array_equal(table.features, compute_features(tiny_other, paths, None).features)
+    assert np.array_equal(table.features, compute_features(tiny_other, paths, None).features)  # same call
 
 
 def test_corrupt_or_partial_entries_are_misses(tiny, photo_folder, tmp_path, shake):
@@ -92,3 +92,13 @@ def test_copied_file_is_a_hit(tiny, photo_folder, tmp_path):
     copy = tmp_path / "copy.jpg"
     shutil.copy(source, copy)
     assert compute_features(tiny, [copy], cache).hits == 1
+
+
+def test_features_agree_across_batch_sizes_and_threads(tiny, photo_folder, shake):
+    """Encoding in batches of 1, 3 or 16 at 1 or 2 threads equals one-at-a-time encoding within FEATURE_ATOL."""
+    from emoclip.data.images import load_rgb
+
+    paths = sorted(photo_folder.rglob("*.jpg"))
+    table = compute_features(tiny, paths, None, batch_size=shake)
+    direct = np.concatenate([tiny.encode_pixels(tiny.preprocess(load_rgb(p)).unsqueeze(0)).numpy() for p in paths])
+    assert_close_features(table.features, direct)

@@ -131,3 +131,28 @@ def test_opt_in_speed_options_tag_and_keep_their_own_cache(photo_folder, tmp_pat
             FeatureCache(tmp_path, quantized).dir}
     assert len(dirs) == 3  # exact, draft-decoded and int8 features never mix
 
+
+
+def test_in_memory_images_tag_like_their_files(tiny, awkward_images):
+    """Uploads and tar members arrive as bytes: ImageBytes runs the same decode/encode/cache path."""
+    from emoclip.data.cache import FeatureCache
+    from emoclip.data.images import ImageBytes
+    from emoclip.predict import Tagger
+    from emoclip.taxonomy import load_taxonomy
+    from emoclip.zeroshot import ZeroShotClassifier
+
+    classifier = ZeroShotClassifier(tiny, load_taxonomy("mikels8"))
+    names = ["good", "png_named_jpg", "truncated", "zero_bytes", "not_an_image"]
+    files = [awkward_images[n] for n in names]
+    blobs = [ImageBytes(f"upload-{n}", f.read_bytes()) for n, f in zip(names, files, strict=True)]
+    from_files = list(Tagger(tiny, classifier).tag(files))
+    from_bytes = list(Tagger(tiny, classifier).tag(blobs))
+    assert [r.path for r in from_bytes] == [b.name for b in blobs]
+    assert [r.ok for r in from_bytes] == [r.ok for r in from_files] == [True, True, False, False, False]
+    for a, b in zip(from_files, from_bytes, strict=True):
+        assert a.label == b.label and a.distribution == b.distribution  # same pixels, same batch: same call
+        assert (a.error is None) == (b.error is None)
+    cache = FeatureCache(awkward_images["good"].parent / "cache", tiny)
+    list(Tagger(tiny, classifier, cache=cache).tag(files[:2]))
+    list(Tagger(tiny, classifier, cache=cache).tag(blobs[:2]))
+    assert cache.hits == 2  # same bytes as the files: the cache key is the content

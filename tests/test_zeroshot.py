@@ -15,11 +15,12 @@ from emoclip.zeroshot import ZeroShotClassifier
 TEMPLATE = "a photo seems to express a feeling of {}"
 
 
-def test_single_template_weights_equal_open_clip_text_features_exactly(tiny):
+def test_single_template_weights_equal_open_clip_text_features_exactly(tiny, shake):
     tax = load_taxonomy("mikels8")
     clf = ZeroShotClassifier(tiny, tax, TEMPLATE)
     with torch.no_grad():
         direct = tiny.model.encode_text(tiny.tokenizer([TEMPLATE.format(c) for c in tax.names]))
+    # bit-identical by construction: the same eight prompts in one batch, at the same thread count
     assert torch.equal(clf.class_weights, F.normalize(direct, dim=-1))
     with torch.no_grad():  # and, one prompt at a time, equal up to float rounding of batched matmuls
         singles = torch.cat([F.normalize(tiny.model.encode_text(tiny.tokenizer([TEMPLATE.format(c)])), dim=-1)
@@ -27,7 +28,8 @@ def test_single_template_weights_equal_open_clip_text_features_exactly(tiny):
     torch.testing.assert_close(clf.class_weights, singles, rtol=0, atol=1e-6)
 
 
-def test_ensemble_is_renormalised_mean_of_normalised_features(tiny):
+def test_ensemble_is_renormalised_mean_of_normalised_features(tiny, shake):
+    # the classifier encodes all captions in one batch, the check one class at a time: 1e-6, shaken
     tax = load_taxonomy("emotionroi6")
     templates = resolve_templates("ensemble")
     clf = ZeroShotClassifier(tiny, tax, templates, synonyms=True)
@@ -79,3 +81,23 @@ def test_batching_does_not_change_predictions(tiny, photo_folder):
     many = [r.distribution for r in Tagger(tiny, clf, batch_size=4).tag(paths)]
     for a, b in zip(one, many, strict=True):
         assert max(abs(a[k] - b[k]) for k in a) < 1e-5
+
+
+def test_tagger_rows_agree_across_batch_sizes_and_threads(tiny, photo_folder, shake):
+    """Rows at any batch size and thread count match a one-image-at-a-time recomputation.
+
+    Batch shape and thread count change the matmul kernels, so the features differ in the last bits:
+    probabilities are compared to 1e-5 (features agree to FEATURE_ATOL; the logit scale of 100 can
+    amplify 1e-7 feature noise to about 1e-5 in a logit, which softmax shrinks again).
+    """
+    from emoclip.data.images import load_rgb
+
+    paths = sorted(photo_folder.rglob("*.jpg"))
+    clf = ZeroShotClassifier(tiny, load_taxonomy("mikels8"))
+    rows = list(Tagger(tiny, clf, batch_size=shake).tag(paths))
+    for path, row in zip(paths, rows, strict=True):
+        feature = tiny.encode_pixels(tiny.preprocess(load_rgb(path)).unsqueeze(0))
+        probs = torch.softmax(clf.logits(feature), dim=-1)[0]
+        expected = dict(zip(clf.taxonomy.names, probs.tolist(), strict=True))
+        np.testing.assert_allclose([row.distribution[k] for k in expected], list(expected.values()), rtol=0,
+                                   atol=1e-5)

@@ -19,7 +19,7 @@ import torch
 from .backbone import Backbone
 from .data.cache import FeatureCache, iter_features
 from .data.encode import DEFAULT_BATCH_SIZE, image_batch_size
-from .data.images import DEFAULT_MAX_PIXELS
+from .data.images import DEFAULT_MAX_PIXELS, ImageBytes, ImageSource, as_source
 from .distribution import LevelProbabilities, coarsen, softmax
 from .taxonomy import Taxonomy
 
@@ -86,10 +86,11 @@ class Tagger:
                                    levels={name: lvl.as_dict(i) for name, lvl in coarse.items()}))
         return rows
 
-    def tag(self, paths: Iterable[str | Path], progress: Callable[[int], None] | None = None
+    def tag(self, paths: Iterable[str | Path | ImageBytes], progress: Callable[[int], None] | None = None
             ) -> Iterator[Prediction]:
-        """Yield one ``Prediction`` per path, in input order (features from the cache where present)."""
-        items = [Path(p) for p in paths]
+        """Yield one ``Prediction`` per path (or in-memory ``ImageBytes``), in input order (features from
+        the cache where present). A row's ``path`` is the file path, or the ImageBytes' name."""
+        items = [as_source(p) for p in paths]
         pending: list[tuple[int, np.ndarray | None, str | None]] = []
         stream = iter_features(self.backbone, items, self.cache, self.batch_size, self.workers, self.max_pixels,
                                progress, self.fast_decode)
@@ -100,7 +101,7 @@ class Tagger:
                 pending = []
         yield from self._classify(items, pending)
 
-    def _classify(self, items: list[Path], entries: list[tuple[int, np.ndarray | None, str | None]]
+    def _classify(self, items: list[ImageSource], entries: list[tuple[int, np.ndarray | None, str | None]]
                   ) -> Iterator[Prediction]:
         good = [(i, f) for i, f, _ in entries if f is not None]
         rows = iter(self.predict_features(torch.from_numpy(np.stack([f for _, f in good])),

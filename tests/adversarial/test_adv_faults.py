@@ -366,9 +366,9 @@ def run_forked(args: list, kill_before: int | None = None, kill_after: int | Non
         try:
             os.close(read_end)
             torch.set_num_threads(1)
-            import emoclip.atomic as atomic
             from click.testing import CliRunner
 
+            import emoclip.atomic as atomic
             from emoclip.cli import main
 
             count = [0]
@@ -461,10 +461,7 @@ def test_evaluate_killed_at_any_write_step_leaves_the_old_run_or_the_new_one_who
     k = int(point.removeprefix("before").removeprefix("after"))
     kill = {"kill_before": k} if point.startswith("before") else {"kill_after": k}
 
-    def staged_steps(*a, **kw):
-        return run_forked(*a, **kw)
-
-    # count every write (staged ones too) for this command: the hook skips staged writes, so count them here
+    # every write counts here, the staged ones too: a kill among them must leave the old run whole
     status, _ = _run_counting_staged([*args, "--name", "new"], **kill)
     assert status == 137
     run = tmp_path / "run"

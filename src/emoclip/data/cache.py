@@ -37,7 +37,7 @@ import numpy as np
 from ..atomic import _pid_alive, atomic_write_text
 from ..backbone import Backbone
 from .encode import DEFAULT_BATCH_SIZE, default_workers, iter_encoded
-from .images import DEFAULT_MAX_PIXELS
+from .images import DEFAULT_MAX_PIXELS, ImageBytes, ImageSource, as_source
 
 log = logging.getLogger("emoclip")
 
@@ -53,9 +53,12 @@ def default_cache_dir() -> Path:
     return base / "emoclip" / "features"
 
 
-def content_digest(path: Path) -> str | None:
+def content_digest(path: ImageSource) -> str | None:
     """BLAKE2b-128 of the file's bytes, or None if it cannot be read (decoding will say why)."""
     digest = hashlib.blake2b(digest_size=16)
+    if isinstance(path, ImageBytes):
+        digest.update(path.data)
+        return digest.hexdigest()
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return None
@@ -141,7 +144,7 @@ class FeatureCache:
 class FeatureTable:
     """Features for a list of paths: row ``i`` is valid where ``ok[i]``; ``errors[i]`` says why not."""
 
-    paths: list[Path]
+    paths: list[ImageSource]
     features: np.ndarray
     ok: np.ndarray
     errors: dict[int, str] = field(default_factory=dict)
@@ -149,14 +152,14 @@ class FeatureTable:
     misses: int = 0
 
 
-def iter_features(backbone: Backbone, paths: Sequence[str | Path], cache: FeatureCache | None = None,
+def iter_features(backbone: Backbone, paths: Sequence[str | Path | ImageBytes], cache: FeatureCache | None = None,
                   batch_size: int | None = DEFAULT_BATCH_SIZE, workers: int | None = None,
                   max_pixels: int | None = DEFAULT_MAX_PIXELS,
                   progress: Callable[[int], None] | None = None, fast_decode: bool = False
                   ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """Yield ``(index, feature, error)`` for every path in order: cached features first-class,
     the rest decoded in parallel, encoded in batches, and stored."""
-    items = [Path(p) for p in paths]
+    items = [as_source(p) for p in paths]
     if cache is None:
         keys: list[str | None] = [None] * len(items)
         cached: list[np.ndarray | None] = [None] * len(items)
@@ -195,10 +198,10 @@ def iter_features(backbone: Backbone, paths: Sequence[str | Path], cache: Featur
             progress(1)
 
 
-def compute_features(backbone: Backbone, paths: Sequence[str | Path], cache: FeatureCache | None = None,
+def compute_features(backbone: Backbone, paths: Sequence[str | Path | ImageBytes], cache: FeatureCache | None = None,
                      **kwargs) -> FeatureTable:
     """All features for ``paths`` as one table (cached where possible)."""
-    items = [Path(p) for p in paths]
+    items = [as_source(p) for p in paths]
     features = np.zeros((len(items), backbone.feature_dim), dtype=np.float32)
     ok = np.zeros(len(items), dtype=bool)
     errors: dict[int, str] = {}

@@ -18,7 +18,7 @@ import torch
 
 from ..backbone import Backbone
 from ..errors import ImageDecodeError
-from .images import DEFAULT_MAX_PIXELS, load_rgb
+from .images import DEFAULT_MAX_PIXELS, ImageBytes, ImageSource, as_source, load_rgb
 
 # Images per encoder call. On the CPU, 16 is as fast as 32 (the GEMMs are already large) and keeps
 # peak memory lower (benchmarks/tagging.py); a GPU wants larger batches.
@@ -41,7 +41,7 @@ def default_workers() -> int:
 class EncodedBatch:
     """One batch: ``features[i]`` belongs to ``paths[ok[i]]``; ``errors`` maps a path index to a reason."""
 
-    paths: list[Path]
+    paths: list[ImageSource]
     features: torch.Tensor
     ok: list[int]
     errors: dict[int, str] = field(default_factory=dict)
@@ -53,7 +53,7 @@ def draft_size(backbone: Backbone) -> int:
     return int(max(size) if isinstance(size, list | tuple) else size)
 
 
-def _decode(backbone: Backbone, path: Path, max_pixels: int | None, draft: int | None) -> torch.Tensor | str:
+def _decode(backbone: Backbone, path: ImageSource, max_pixels: int | None, draft: int | None) -> torch.Tensor | str:
     try:
         return backbone.preprocess(load_rgb(path, max_pixels, draft, resize_to=draft_size(backbone)))
     except ImageDecodeError as exc:
@@ -62,20 +62,21 @@ def _decode(backbone: Backbone, path: Path, max_pixels: int | None, draft: int |
         return f"cannot process image: {type(exc).__name__}: {exc}"
 
 
-def _batches(items: Sequence[Path], size: int) -> Iterator[list[Path]]:
+def _batches(items: Sequence[ImageSource], size: int) -> Iterator[list[ImageSource]]:
     for start in range(0, len(items), size):
         yield list(items[start:start + size])
 
 
-def iter_encoded(backbone: Backbone, paths: Iterable[str | Path], batch_size: int | None = DEFAULT_BATCH_SIZE,
-                 workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+def iter_encoded(backbone: Backbone, paths: Iterable[str | Path | ImageBytes],
+                 batch_size: int | None = DEFAULT_BATCH_SIZE, workers: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  fast_decode: bool = False) -> Iterator[EncodedBatch]:
     """Yield ``EncodedBatch``es in input order; decoding of the next batch overlaps encoding."""
-    items = [Path(p) for p in paths]
+    items = [as_source(p) for p in paths]
     batch_size = image_batch_size(backbone, batch_size)
     draft = draft_size(backbone) if fast_decode else None
     with ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="decode") as pool:
-        pending: deque[tuple[list[Path], list[Future]]] = deque()
+        pending: deque[tuple[list[ImageSource], list[Future]]] = deque()
         batches = _batches(items, batch_size)
 
         def submit_next() -> None:

@@ -9,9 +9,11 @@ the failure and goes on.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,30 @@ _FILE_KINDS = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a named pipe (FIFO)", s
 # emoclip enforces its own pixel limit (load_rgb refuses larger images with a reason), so Pillow's
 # warning is redundant; filtered once here because catch_warnings is not thread-safe.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+@dataclass(frozen=True)
+class ImageBytes:
+    """An image that arrives as bytes, not as a file: an HTTP upload, a member of a tar shard.
+
+    ``name`` is what its output row calls it (the upload's file name, the shard key). Everything
+    that takes a path (decoding, the feature cache, the Tagger) takes one of these too, so uploads
+    and shards run the same code as files.
+    """
+
+    name: str
+    data: bytes = b""
+
+    def __str__(self) -> str:
+        return self.name
+
+
+ImageSource = Path | ImageBytes
+
+
+def as_source(item: str | Path | ImageBytes) -> ImageSource:
+    """A path-like input as a Path; an ImageBytes as it is."""
+    return item if isinstance(item, ImageBytes) else Path(item)
 
 
 def _to_eight_bit_gray(img: Image.Image) -> Image.Image:
@@ -89,24 +115,28 @@ def check_resized_size(width: int, height: int, max_pixels: int | None, resize_t
             "or raise --max-pixels if you trust it")
 
 
-def load_rgb(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: int | None = None,
+def load_rgb(path: str | Path | ImageBytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: int | None = None,
              resize_to: int | None = DEFAULT_RESIZE_TO) -> Image.Image:
-    """Decode ``path`` into an upright RGB image, or raise ``ImageDecodeError`` with the reason.
+    """Decode ``path`` (a file, or an ``ImageBytes``) into an upright RGB image, or raise
+    ``ImageDecodeError`` with the reason.
 
     ``draft`` (opt-in, changes pixels slightly): let a JPEG decode at 1/2, 1/4 or 1/8 scale while
     both sides stay at least ``draft`` pixels — much less work for photos far larger than the model
     input, which is resized down anyway. ``resize_to`` is the model's input side: the picture it
     will become is bounded by ``max_pixels`` too. Only regular files are opened.
     """
-    path = Path(path)
-    size = regular_file_size(path)
+    source = as_source(path)
+    if isinstance(source, ImageBytes):
+        size, opened = len(source.data), io.BytesIO(source.data)
+    else:
+        size, opened = regular_file_size(source), source
     if size == 0:
         raise ImageDecodeError("empty file (0 bytes)")
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated image is an error, never a half-grey picture
     if max_pixels is None or max_pixels > (Image.MAX_IMAGE_PIXELS or 0) * 2:
         Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max_pixels  # the user trusts larger images
     try:
-        img = Image.open(path)  # the format is read from the bytes, not the file name
+        img = Image.open(opened)  # the format is read from the bytes, not the file name
         with img:
             width, height = img.size
             if max_pixels is not None and width * height > max_pixels:
