@@ -16,6 +16,7 @@ from emoclip.backbone import load_backbone
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 # Tests never touch the user's feature cache; subprocesses inherit this.
 os.environ["EMOCLIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="emoclip-test-cache-")
+os.environ["EMOCLIP_PRECISION_CACHE"] = os.path.join(os.environ["EMOCLIP_CACHE_DIR"], "precision.json")
 
 TINY_CLI = ["--model", "tiny", "--pretrained", "random", "--device", "cpu"]
 EMOTIONS = ("anger", "disgust", "fear", "joy", "sadness", "surprise")

@@ -115,22 +115,26 @@ def test_installed_console_script_runs(photo_folder):
     assert "predictions are meaningless" in done.stderr
 
 
-def test_opt_in_speed_options_tag_and_keep_their_own_cache(photo_folder, tmp_path):
+def test_speed_options_tag_and_keep_their_own_cache(photo_folder, tmp_path):
     from emoclip.backbone import load_backbone
     from emoclip.data.cache import FeatureCache
 
     base = ["predict", str(photo_folder), "--model", "tiny", "--pretrained", "random", "--device", "cpu",
             "--cache-dir", str(tmp_path), "--format", "csv"]
-    exact = run(*base)
-    fast = run(*base, "--fast-decode", "--int8")
+    exact = run(*base, "--precision", "fp32", "--decode", "full")
+    fast = run(*base, "--precision", "bf16", "--decode", "draft")
     assert exact.exit_code == 0 and fast.exit_code == 0
     assert len(fast.stdout.splitlines()) == len(exact.stdout.splitlines()) == 6
     plain = load_backbone("tiny", "random", "cpu")
-    quantized = load_backbone("tiny", "random", "cpu", int8=True)
-    dirs = {FeatureCache(tmp_path, plain).dir, FeatureCache(tmp_path, plain, fast_decode=True).dir,
-            FeatureCache(tmp_path, quantized).dir}
-    assert len(dirs) == 3  # exact, draft-decoded and int8 features never mix
+    dirs = {FeatureCache(tmp_path, plain).dir, FeatureCache(tmp_path, plain.with_decode("draft")).dir,
+            FeatureCache(tmp_path, load_backbone("tiny", "random", "cpu", precision="bf16")).dir}
+    assert len(dirs) == 3  # exact, draft-decoded and bf16 features never mix
+    assert {d.name for d in tmp_path.iterdir()} >= {FeatureCache(tmp_path, plain).dir.name}
 
+
+def test_unknown_speed_option_values_are_usage_errors(photo_folder):
+    done = run("predict", str(photo_folder), *TINY, "--precision", "int8")
+    assert done.exit_code == 2 and "int8" in done.output
 
 
 def test_in_memory_images_tag_like_their_files(tiny, awkward_images):

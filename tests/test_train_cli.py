@@ -60,7 +60,7 @@ def test_emotionroi2_trains_polarity_from_emotion_labels(data, tmp_path):
 
 def test_command_line_overrides_config_and_set_reaches_the_method(data, tmp_path):
     root, split = data
-    result = run("train", "--config", CONFIGS / "methods" / "ptdpc.yaml", "--set", "weight=cos01",
+    result = run("train", "--config", CONFIGS / "methods" / "ptdpc-paper.yaml", "--set", "weight=cos01",
                  "--set", "normalize=true", "-t", "emotionroi6", "--root", root, "--split-file", split, *TINY,
                  "--epochs", 1, "--lr", 0.01, "--no-progress", "--out", tmp_path)
     assert result.exit_code == 0, result.output

@@ -1,7 +1,9 @@
 """The frozen CLIP backbone: open_clip underneath, loaded by name and weights the way users expect.
 
 ``load_backbone("ViT-B-32", "openai")`` gives the model, its tokenizer and its evaluation
-preprocessing, frozen (eval mode, no gradients). Weights come from an open_clip pretrained tag
+preprocessing, frozen (eval mode, no gradients), and its ``EncoderSpec`` (encoder_spec.py): the one
+value that says how an image becomes a feature (weights identity, preprocessing, decode mode, the
+image encoder's precision). Weights come from an open_clip pretrained tag
 (downloaded on first use when online), a local file (an OpenAI TorchScript ``.pt``, an open_clip
 state dict, or safetensors), or ``random`` for benchmarks. ``tiny`` is a small architecture,
 registered from ``emoclip/model_configs``, for tests.
@@ -9,11 +11,9 @@ registered from ``emoclip/model_configs``, for tests.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 
@@ -24,7 +24,9 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
 from .device import resolve_device
+from .encoder_spec import EncoderSpec, check_decode
 from .errors import EmoclipError, WeightsUnavailableError, explain, shorten
+from .precision import check_precision, resolved_for_this_machine, torch_dtype
 from .weights import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -58,7 +60,7 @@ def available_models() -> list[str]:
 
 @dataclass
 class Backbone:
-    """A frozen CLIP model with its tokenizer and preprocessing, on one device."""
+    """A frozen CLIP model with its tokenizer and preprocessing, on one device, and its encoder spec."""
 
     model: torch.nn.Module
     tokenizer: Callable[[Sequence[str]], torch.Tensor]
@@ -66,36 +68,32 @@ class Backbone:
     device: torch.device
     model_name: str
     weights: WeightsSource
-    quantized: str | None = None
-    _fingerprint: str | None = field(default=None, repr=False)
+    spec: EncoderSpec
 
     # -- identity -------------------------------------------------------------------------------
     @property
     def weights_id(self) -> str:
         """Identity of the weights: the tag, ``random-seed0``, or the SHA-256 of a weights file."""
-        if self.weights.kind == "file":
-            if self._fingerprint is None:
-                self._fingerprint = "sha256:" + file_fingerprint(self.weights.value)
-            return self._fingerprint
-        if self.weights.is_random:
-            return f"random-seed{RANDOM_SEED}"
-        return self.weights.value
+        return self.spec.weights
 
     @property
     def preprocess_config(self) -> dict:
-        cfg = getattr(self.model.visual, "preprocess_cfg", {}) or {}
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+        return self.spec.preprocess_config
+
+    @property
+    def precision(self) -> str:
+        return self.spec.precision
 
     def identity(self) -> dict:
-        """Everything that changes an image feature: used to key caches and check checkpoints."""
-        identity = {"model": self.model_name, "weights": self.weights_id, "preprocess": self.preprocess_config}
-        if self.quantized:  # quantised encoders give other features
-            identity["image_encoder"] = self.quantized
-        return identity
+        """Everything that changes an image feature (the spec): keys caches, recorded in checkpoints and runs."""
+        return self.spec.identity()
 
     def identity_hash(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return self.spec.key()
+
+    def with_decode(self, decode: str) -> Backbone:
+        """The same loaded model with another decode mode (no reload: decoding is the pipeline's part)."""
+        return replace(self, spec=self.spec.replace(decode=check_decode(decode)))
 
     # -- shapes ---------------------------------------------------------------------------------
     @property
@@ -124,7 +122,8 @@ class Backbone:
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """L2-normalised image features (B × D, float32, on the CPU) of preprocessed pixels."""
-        features = self.model.encode_image(pixels.to(self.device, non_blocking=True)).float()
+        dtype = torch_dtype(self.spec.precision)
+        features = self.model.encode_image(pixels.to(self.device, dtype, non_blocking=True)).float()
         return F.normalize(features, dim=-1).cpu()
 
 
@@ -195,36 +194,42 @@ _CREATORS: dict[str, Callable[..., torch.nn.Module]] = {
 }
 
 
-def quantize_image_encoder(model: torch.nn.Module) -> str:
-    """int8 dynamic quantisation of the image encoder's linear layers (CPU only; opt-in: changes features)."""
-    model.visual = torch.ao.quantization.quantize_dynamic(model.visual, {torch.nn.Linear}, dtype=torch.qint8)
-    return "int8-dynamic"
+def _weights_identity(source: WeightsSource) -> str:
+    if source.kind == "file":
+        return "sha256:" + file_fingerprint(source.value)
+    if source.is_random:
+        return f"random-seed{RANDOM_SEED}"
+    return source.value
 
 
 def load_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
-                  device: str | torch.device = "auto", cache_dir: str | None = None, int8: bool = False
-                  ) -> Backbone:
+                  device: str | torch.device = "auto", cache_dir: str | None = None, precision: str = "fp32",
+                  decode: str = "full") -> Backbone:
     """Load a frozen CLIP backbone.
 
     ``pretrained`` is an open_clip tag (``openai``), a weights file path, or ``random``. When the
     weights cannot be had, this raises ``WeightsUnavailableError`` within seconds, saying how to
     supply them (``--pretrained PATH`` or the ``EMOCLIP_PRETRAINED`` environment variable).
+    ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``; see precision.py) is the image encoder's
+    number format; ``decode`` (``full``, ``draft``) how images are decoded. Both are in ``spec``.
     """
+    check_precision(precision)
+    check_decode(decode)
     register_model_configs()
     _check_model_name(model)
     torch_device = resolve_device(device)
+    resolved = resolved_for_this_machine(precision, torch_device.type)
     source = classify(pretrained)
     clip = _CREATORS[source.kind](model, source, cache_dir)
     clip = clip.to(torch_device).eval().requires_grad_(False)
+    # Weights, not autocast: faster (no per-call casts) and half the memory. The text tower stays
+    # fp32 so class weights and trained prompts are exactly as trained (precision.py says why).
+    clip.visual.to(torch_dtype(resolved))
     preprocess = image_transform_v2(PreprocessCfg(**clip.visual.preprocess_cfg), is_train=False)
     tokenizer = open_clip.get_tokenizer(model)
-    quantized = None
-    if int8:
-        if torch_device.type != "cpu":
-            raise EmoclipError("--int8 quantises the image encoder for the CPU; use it with --device cpu")
-        quantized = quantize_image_encoder(clip)
+    spec = EncoderSpec.create(model, _weights_identity(source), clip.visual.preprocess_cfg, decode, resolved)
     return Backbone(model=clip, tokenizer=tokenizer, preprocess=preprocess, device=torch_device,
-                    model_name=model, weights=source, quantized=quantized)
+                    model_name=model, weights=source, spec=spec)
 
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_PRETRAINED", "WEIGHTS_ENV", "Backbone", "available_models",

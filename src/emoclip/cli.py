@@ -34,7 +34,8 @@ def _setup_logging(verbose: bool) -> None:
     log.handlers[:] = [handler]
     log.propagate = False
     log.setLevel(logging.INFO if verbose else logging.WARNING)
-    logging.getLogger().setLevel(logging.INFO if verbose else logging.CRITICAL)  # open_clip logs on root
+    # open_clip logs 'INFO:root:' lines on the root logger: never ours to show, even with -v
+    logging.getLogger().setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
 def backbone_options(func: Callable) -> Callable:
@@ -63,12 +64,20 @@ def cache_options(func: Callable) -> Callable:
                         )(func)
 
 
-def speed_options(func: Callable) -> Callable:
-    """Opt-in speed-ups that change numbers slightly (the defaults are exact; see the README)."""
-    func = click.option("--int8", is_flag=True,
-                        help="int8 dynamic quantisation of the image encoder (CPU; opt-in, changes features).")(func)
-    return click.option("--fast-decode", is_flag=True,
-                        help="Decode large JPEGs at reduced size (opt-in, changes pixels slightly).")(func)
+def speed_options(precision: str | None, decode: str | None) -> Callable[[Callable], Callable]:
+    """--precision (and --decode): the encoder options that trade exactness for speed, with each
+    command's default (predict: auto/draft; evaluate and train: exact fp32/full, opt in with the flag)."""
+    def add(func: Callable) -> Callable:
+        if decode is not None:
+            func = click.option("--decode", type=click.Choice(["draft", "full"]), default=decode, show_default=True,
+                                help="draft: JPEGs at least twice the model input decode at reduced size (fast on "
+                                     "photos, pixels differ slightly); full: exact.")(func)
+        fallback = "" if precision else " [default: fp32, or the config's backbone.precision]"
+        return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=precision,
+                            show_default=precision is not None, envvar="EMOCLIP_PRECISION",
+                            help="Image encoder number format; auto: bf16 where this CPU measurably runs it faster, "
+                                 "fp16 on CUDA, else fp32." + fallback)(func)
+    return add
 
 
 def taxonomy_options(func: Callable) -> Callable:
@@ -92,7 +101,7 @@ def taxonomy_options(func: Callable) -> Callable:
 
 
 def _config(checkpoint=None, taxonomy=None, labels=None, templates=None, synonyms=False, model=None,
-            pretrained=None, device="auto", int8=False, fast_decode=False, cache_dir=None, no_cache=False,
+            pretrained=None, device="auto", precision="auto", decode="draft", cache_dir=None, no_cache=False,
             **rest):
     """The TaggerConfig of a command's options (tagging.py builds every front end's tagger from it)."""
     from .tagging import TaggerConfig
@@ -101,8 +110,8 @@ def _config(checkpoint=None, taxonomy=None, labels=None, templates=None, synonym
         raise EmoclipError("--labels and --taxonomy were both given; give either --labels or --taxonomy, not both")
     label_list = tuple(labels.split(",")) if labels is not None else None  # "" is an error, not the default
     return TaggerConfig(checkpoint=checkpoint, taxonomy=taxonomy, labels=label_list, templates=templates,
-                        synonyms=synonyms, model=model, pretrained=pretrained, device=device, int8=int8,
-                        fast_decode=fast_decode, cache_dir=cache_dir, no_cache=no_cache, **rest)
+                        synonyms=synonyms, model=model, pretrained=pretrained, device=device, precision=precision,
+                        decode=decode, cache_dir=cache_dir, no_cache=no_cache, **rest)
 
 
 def _handle_errors(func: Callable) -> Callable:
@@ -176,7 +185,7 @@ def main(verbose: bool, debug: bool) -> None:
 @taxonomy_options
 @backbone_options
 @cache_options
-@speed_options
+@speed_options(precision="auto", decode="draft")
 @click.option("--top-k", "-k", default=3, show_default=True, type=click.IntRange(min=1),
               help="How many top labels to list per image.")
 @click.option("--also", "also", multiple=True,
@@ -190,10 +199,12 @@ def main(verbose: bool, debug: bool) -> None:
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Decoding threads (default: CPUs).")
 @click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(min=1),
               help="Refuse larger images as possible decompression bombs.")
+@click.option("--multi", type=click.FloatRange(0, 1), default=None, metavar="P",
+              help="Also list every label with probability >= P (field 'multi'): the images that evoke several.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
 @_handle_errors
 def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pretrained, device, cache_dir, no_cache,
-            fast_decode, int8, top_k, also, fmt, output, batch_size, workers, max_pixels, progress) -> None:
+            decode, precision, top_k, also, fmt, output, batch_size, workers, max_pixels, multi, progress) -> None:
     """Tag images (files, folders searched recursively, or globs) with emotions.
 
     One row per image: the top label, its probability, the top-k labels, the full distribution and
@@ -202,9 +213,9 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
     """
     from .tagging import build_tagger, preflight
 
-    config = _config(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, int8, fast_decode,
+    config = _config(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, precision, decode,
                      cache_dir, no_cache, top_k=top_k, also=tuple(also) or None, batch_size=batch_size,
-                     workers=workers, max_pixels=max_pixels)
+                     workers=workers, max_pixels=max_pixels, multi=multi)
     preflight(config)
     from tqdm import tqdm
 
@@ -233,27 +244,34 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
 
 
 def dataset_options(func: Callable) -> Callable:
-    """Where the labelled data is: shared by evaluate and train."""
+    """Where the labelled data is: shared by evaluate, train and split."""
     options = [
         click.option("--root", type=click.Path(file_okay=False), default=None,
                      help="Image folder (paths in split files and manifests are relative to it)."),
         click.option("--split-file", type=click.Path(dir_okay=False), default=None,
                      help="CSV/TSV with image, label, split columns (e.g. emotion6/split_70_30.tsv)."),
         click.option("--manifest", "manifests", multiple=True, type=click.Path(dir_okay=False),
-                     help="JSON manifest(s), EmoSet style (repeatable)."),
-        click.option("--layout", type=click.Choice(["folders", "split-file", "split-folders", "kfold", "manifest"]),
-                     default=None, help="Data layout; default: inferred."),
-        click.option("--fold", type=int, default=None, help="k-fold layouts: the test fold (others train)."),
+                     help="JSON manifest(s) (repeatable)."),
+        click.option("--layout", default=None,
+                     help="Data layout: folders, labelled, split-file, split-folders, kfold, manifest, emotionroi, "
+                          "emoset, fi, artphoto, abstract; default: inferred."),
+        click.option("--fold", type=int, default=None, help="k-fold data: the test fold (the others train)."),
+        click.option("--label-file", type=click.Path(dir_okay=False), default=None,
+                     help="Labels in one table (image<TAB>label; bare file names or paths relative to --root; "
+                          "header optional) for images without class folders."),
+        click.option("--votes", type=click.Path(dir_okay=False), default=None,
+                     help="Vote distributions: a table of image and one column per emotion (Emotion6's "
+                          "ground_truth.txt, Abstract's CSV); adds label-distribution metrics, --target votes."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def _dataset(root, split_file, manifests, layout, fold):
+def _dataset(root, split_file, manifests, layout, fold, label_file=None, votes=None):
     from .data.dataset import open_dataset
 
-    return open_dataset(root, split_file, manifests, layout, fold)
+    return open_dataset(root, split_file, manifests, layout, fold, label_file, votes)
 
 
 @main.command()
@@ -268,7 +286,7 @@ def _dataset(root, split_file, manifests, layout, fold):
 @click.option("--also", multiple=True, help="Also score at this coarser level (e.g. polarity); repeatable.")
 @backbone_options
 @cache_options
-@speed_options
+@speed_options(precision="fp32", decode="full")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run folder to write.")
 @click.option("--name", default=None, help="Row label in `emoclip aggregate` (default: the method).")
 @click.option("--seed", default=0, show_default=True, help="Recorded with the run (aggregate groups seeds).")
@@ -277,10 +295,9 @@ def _dataset(root, split_file, manifests, layout, fold):
 @click.option("--workers", default=None, type=click.IntRange(min=1))
 @click.option("--mistakes", default=12, show_default=True, help="Thumbnails of the most confident mistakes.")
 @_handle_errors
-def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpoint, labels, templates, synonyms,
-             label_taxonomy, via, also, model, pretrained, device, cache_dir, no_cache, fast_decode, int8, out, name,
-             seed, batch_size,
-             workers, mistakes) -> None:
+def evaluate(root, split_file, manifests, layout, fold, label_file, votes, split, taxonomy, checkpoint, labels,
+             templates, synonyms, label_taxonomy, via, also, model, pretrained, device, cache_dir, no_cache,
+             decode, precision, out, name, seed, batch_size, workers, mistakes) -> None:
     """Score a model on a dataset split; write metrics.json, plots and report.md to --out."""
     from pathlib import Path
 
@@ -292,20 +309,21 @@ def evaluate(root, split_file, manifests, layout, fold, split, taxonomy, checkpo
     from .report import write_run
     from .taxonomy import load_taxonomy
 
-    data = _dataset(root, split_file, manifests, layout, fold).split(split)
+    data = _dataset(root, split_file, manifests, layout, fold, label_file, votes).split(split)
     if via == "prompts" and label_taxonomy:
         taxonomy = label_taxonomy  # prompt (or view) directly with the labels' taxonomy
-    config = _config(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, int8, fast_decode,
+    config = _config(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, precision, decode,
                      cache_dir, no_cache)
     backbone, classifier = build_classifier(config)
     model_tax = classifier.taxonomy
     label_tax = load_taxonomy(label_taxonomy) if label_taxonomy else model_tax
     data.label_indices(label_tax)  # unknown labels fail before any encoding
     cache = open_cache(config, backbone)
-    result = run_evaluation(backbone, classifier, data, label_tax, also, cache, batch_size, workers, fast_decode)
+    result = run_evaluation(backbone, classifier, data, label_tax, also, cache, batch_size, workers)
     described = classifier.describe()
     run = {"name": name or described["method"], "method": described, "seed": seed, "checkpoint": checkpoint,
            "dataset": data.name, "split": split, "dataset_label": data.name.split(":")[0],
+           "data_source": data.source, "fold": data.extra.get("fold"),
            "backbone": backbone.identity(), "taxonomy": model_tax.name, "label_taxonomy": label_tax.name,
            "via": via}
     write_run(result, run, Path(out), mistakes)
@@ -333,9 +351,18 @@ def _exit_if_lost(lost: int, total: int, where: str) -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="A method option, e.g. --set weight=cos01 (repeatable).")
 @dataset_options
-@click.option("--taxonomy", "-t", default=None, help="Taxonomy of the labels (default emotionroi6).")
+@click.option("--taxonomy", "-t", default=None, help="Taxonomy the model predicts (default emotionroi6).")
+@click.option("--label-taxonomy", default=None,
+              help="Taxonomy of the dataset's labels when it differs from --taxonomy (finer labels are mapped "
+                   "up through parents, e.g. emotion labels trained as polarity).")
+@click.option("--shots", type=click.IntRange(min=1), default=None,
+              help="Few-shot: K training images per class, drawn with --seed (recorded in model.json).")
+@click.option("--target", type=click.Choice(["labels", "votes"]), default=None,
+              help="Train on the labels, or on the annotators' vote distributions (needs --votes or "
+                   "votes in the data).")
 @backbone_options
 @cache_options
+@speed_options(precision=None, decode=None)
 @click.option("--epochs", type=click.IntRange(min=1), default=None)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
@@ -351,9 +378,10 @@ def _exit_if_lost(lost: int, total: int, where: str) -> None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last epoch.")
 @click.option("--progress/--no-progress", default=None)
 @_handle_errors
-def train_command(config_files, method, sets, root, split_file, manifests, layout, fold, taxonomy, model, pretrained,
-                  device, cache_dir, no_cache, epochs, batch_size, lr, optimizer, scheduler, weight_decay, seed,
-                  val_fraction, also, name, out, resume, progress) -> None:
+def train_command(config_files, method, sets, root, split_file, manifests, layout, fold, label_file, votes, taxonomy,
+                  label_taxonomy, shots, target, model, pretrained, device, cache_dir, no_cache, precision, epochs,
+                  batch_size, lr, optimizer, scheduler, weight_decay, seed, val_fraction, also, name, out, resume,
+                  progress) -> None:
     """Train a method on cached features, keep the best-on-validation checkpoint, score it on test."""
     from pathlib import Path
 
@@ -371,12 +399,15 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
         except yaml.YAMLError:
             raise EmoclipError(f"--set {shorten(item, 80)}: the value is not valid YAML; quote it") from None
     overrides = {
-        "method": method, "options": options, "taxonomy": taxonomy, "name": name, "also": list(also) or None,
+        "method": method, "options": options, "taxonomy": taxonomy, "label_taxonomy": label_taxonomy, "name": name,
+        "also": list(also) or None,
         "data": {"root": root, "split_file": split_file, "manifests": list(manifests) or None, "layout": layout,
-                 "fold": fold},
-        "backbone": {"model": model, "pretrained": pretrained},
-        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-                  "scheduler": scheduler, "weight_decay": weight_decay, "seed": seed, "val_fraction": val_fraction},
+                 "fold": fold, "label_file": label_file, "votes": votes},
+        "backbone": {"model": model, "pretrained": pretrained, "precision": precision},  # default fp32
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_grid": [] if lr is not None else None,
+                  "optimizer": optimizer,
+                  "scheduler": scheduler, "weight_decay": weight_decay, "seed": seed, "val_fraction": val_fraction,
+                  "shots": shots, "target": target},
     }
     config = merge(read_configs(list(config_files)), overrides)
     summary = run_experiment(config, out, device, cache_dir, no_cache, resume, progress)
@@ -387,9 +418,13 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
     history = [json.loads(line) for line in log_file.read_text().splitlines()] if t.get("epochs") else []
     if history:
         per_epoch = f", {sum(h['seconds'] for h in history) / len(history):.2f} s/epoch"
-    scores = " ".join(f"{k}={100 * v:.2f}" for k, v in test.items())
+    scores = " ".join(f"{k}={100 * v:.2f}" if k.endswith(("accuracy", "f1")) else f"{k}={v:.4f}"
+                      for k, v in test.items())
     fitted = (f"{t['epochs']} epochs{per_epoch}, best epoch {t.get('best_epoch')}" if t.get("epochs")
-              else f"fitted directly {t.get('fit', {})}")
+              else "fitted directly" + "".join(f", {k} {v:g}" for k, v in t.get("fit", {}).items()
+                                               if isinstance(v, int | float)))
+    if t.get("lr_selection"):
+        fitted += f", lr {t['lr_selection']['chosen']:g} chosen on validation"
     click.echo(f"{summary['method']}: {fitted} (val acc {100 * t.get('val_accuracy', 0):.2f}); "
                f"test {scores or 'not scored'} → {out}")
     lost = summary.get("lost", {})
@@ -398,11 +433,13 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
 
 @main.command()
 def methods() -> None:
-    """List the trainable methods and their options."""
+    """List the methods: zero-shot (no training) and the trainable ones with their options."""
     import dataclasses
 
     from .methods import list_methods
 
+    click.echo("zero-shot: CLIP with prompts, no training (`emoclip evaluate`/`predict` without --checkpoint)")
+    click.echo("    templates = 'a photo seems to express a feeling of {}'  (--templates, --synonyms)")
     for name, cls in list_methods().items():
         click.echo(f"{name}: {cls.summary}")
         for f in dataclasses.fields(cls.Config):
@@ -417,7 +454,11 @@ def methods() -> None:
               help="Also write the table here (.md) and its figures beside it (.json).")
 @_handle_errors
 def aggregate(runs, metric, out) -> None:
-    """Mean ± std over runs (seeds) in the layout of the papers' tables."""
+    """Mean ± std over seeds and folds in the layout of the papers' tables (RUNS: run folders or folders of them).
+
+    Runs differing only in seed and fold form one cell; other backbones, weights, precision, few-shot K
+    or data are separate, labelled rows or columns.
+    """
     import json
     from pathlib import Path
 
@@ -433,28 +474,55 @@ def aggregate(runs, metric, out) -> None:
         atomic_write_text(Path(out).with_suffix(".json"), json.dumps(table, indent=2) + "\n")
 
 
+@main.command()
+@click.argument("grid", type=click.Path(exists=True, dir_okay=False))
+@click.option("--device", default="auto", show_default=True, envvar="EMOCLIP_DEVICE", help="auto, cpu, cuda or cuda:N.")
+@cache_options
+@click.option("--dry-run", is_flag=True, help="List the runs that would run, run nothing.")
+@click.option("--progress/--no-progress", default=None)
+@_handle_errors
+def sweep(grid, device, cache_dir, no_cache, dry_run, progress) -> None:
+    """Run a grid of methods × seeds × shots × folds from a YAML file (skipping finished runs), then aggregate."""
+    from .sweep import run_sweep
+
+    run_sweep(grid, device, cache_dir, no_cache, progress, dry_run, echo=click.echo)
+
+
 @main.command("split")
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
 @click.option("--ratios", default="0.7,0.3", show_default=True, help="Comma-separated split sizes.")
 @click.option("--names", default="train,test", show_default=True, help="Comma-separated split names.")
+@click.option("--folds", type=int, default=None,
+              help="Make K stratified folds (fold1…foldK) instead; train with --split-file FILE --fold K.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--taxonomy", "-t", default=None,
+              help="Check every label against this taxonomy (without it, fold/split folder names are refused).")
+@click.option("--layout", default=None, help="Data layout (default: inferred; see `emoclip evaluate --help`).")
+@click.option("--label-file", type=click.Path(dir_okay=False), default=None,
+              help="Labels in one table for images without class folders.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), required=True, help="Split file to write (TSV).")
 @_handle_errors
-def split_command(root, ratios, names, seed, output) -> None:
-    """Make a deterministic stratified split of a class-folder dataset and write it as a split file."""
+def split_command(root, ratios, names, folds, seed, taxonomy, layout, label_file, output) -> None:
+    """Make a deterministic stratified split (or k folds) of a dataset and write it as a split file."""
     from collections import Counter
     from pathlib import Path
 
-    from .data.dataset import open_dataset, stratified_split, write_split_file
+    from .data.dataset import check_folder_labels, open_dataset, stratified_folds, stratified_split, write_split_file
+    from .taxonomy import load_taxonomy
 
-    try:
-        ratio_values = [float(r) for r in ratios.split(",")]
-    except ValueError:
-        raise EmoclipError(f"--ratios must be numbers separated by commas, got '{ratios}'") from None
-    data = stratified_split(open_dataset(root, layout="folders"), ratio_values, names.split(","), seed)
+    data = open_dataset(root, layout=layout, label_file=label_file)
+    check_folder_labels(data, load_taxonomy(taxonomy) if taxonomy else None)
+    if folds is not None:
+        data = stratified_folds(data, folds, seed)
+    else:
+        try:
+            ratio_values = [float(r) for r in ratios.split(",")]
+        except ValueError:
+            raise EmoclipError(f"--ratios must be numbers separated by commas, got '{ratios}'") from None
+        data = stratified_split(data, ratio_values, names.split(","), seed)
     write_split_file(data, Path(output), Path(root))
     counts = Counter(s.split for s in data.samples)
-    click.echo(f"{len(data)} images → " + ", ".join(f"{k}: {v}" for k, v in counts.items()) + f" → {output}")
+    click.echo(f"{len(data)} images → " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + f" → {output}")
 
 
 @main.command()

@@ -21,6 +21,11 @@ class LevelProbabilities:
         order = np.argsort(-self.probs[row], kind="stable")[:k]
         return [(self.taxonomy.names[i], float(self.probs[row, i])) for i in order]
 
+    def at_least(self, row: int, threshold: float) -> list[tuple[str, float]]:
+        """Every label whose probability is >= ``threshold``, most probable first (multi-interpretation)."""
+        order = np.argsort(-self.probs[row], kind="stable")
+        return [(self.taxonomy.names[i], float(self.probs[row, i])) for i in order if self.probs[row, i] >= threshold]
+
     def as_dict(self, row: int) -> dict[str, float]:
         return {name: float(p) for name, p in zip(self.taxonomy.names, self.probs[row], strict=True)}
 

@@ -63,17 +63,37 @@ def _aggregate(probs: np.ndarray, mapping: np.ndarray, n_out: int) -> np.ndarray
     return out
 
 
+def votes_over(dataset: Dataset, taxonomy: Taxonomy) -> np.ndarray | None:
+    """The dataset's vote distributions over ``taxonomy``'s classes, or None when they do not fit it.
+
+    Vote columns resolve through the taxonomy (names, aliases, synonyms: Abstract's 'Content' is
+    Mikels' contentment); votes whose columns are another taxonomy's classes give no distribution
+    metrics (the classification metrics stand).
+    """
+    if dataset.votes is None:
+        return None
+    try:
+        columns = [taxonomy.index(name) for name in dataset.vote_classes]
+    except TaxonomyError:
+        return None
+    if sorted(set(columns)) != list(range(len(taxonomy))):
+        return None
+    out = np.zeros((len(dataset), len(taxonomy)))
+    for j, cls in enumerate(columns):
+        out[:, cls] += dataset.votes[:, j]
+    return out
+
+
 def evaluate(backbone: Backbone, classifier: Classifier, dataset: Dataset, label_taxonomy: Taxonomy | None = None,
              also: Sequence[str] = (), cache: FeatureCache | None = None, batch_size: int | None = None,
-             workers: int | None = None, fast_decode: bool = False) -> Evaluation:
+             workers: int | None = None) -> Evaluation:
     """Encode (or fetch) features, predict, and compute every metric at the common level."""
     started = time.perf_counter()
     model_tax = classifier.taxonomy
     label_tax = label_taxonomy or model_tax
     labels = dataset.label_indices(label_tax)  # fails early on an unknown label
     level = common_level(model_tax, label_tax)
-    table = compute_features(backbone, dataset.paths, cache, batch_size=batch_size, workers=workers,
-                             fast_decode=fast_decode)
+    table = compute_features(backbone, dataset.paths, cache, batch_size=batch_size, workers=workers)
     encode_seconds = time.perf_counter() - started
     ok = table.ok
     if len(ok) and not ok.any():
@@ -98,10 +118,9 @@ def evaluate(backbone: Backbone, classifier: Classifier, dataset: Dataset, label
         coarse[name] = classification_metrics(mapping[true], _aggregate(level_probs, mapping, len(coarse_level))
                                               .argmax(1), coarse_level.names)
     distribution = None
-    if dataset.votes is not None and set(dataset.vote_classes) == set(model_tax.names):
-        order = [dataset.vote_classes.index(n) for n in model_tax.names]
-        distribution = {**distribution_metrics(dataset.votes[ok][:, order], fine_probs),
-                        "note": dataset.vote_note}
+    votes = votes_over(dataset, model_tax)
+    if votes is not None:
+        distribution = {**distribution_metrics(votes[ok], fine_probs), "note": dataset.vote_note}
     failed = {str(table.paths[i]): reason for i, reason in table.errors.items()}
     metrics.update({
         "coarse": coarse, "distribution": distribution,

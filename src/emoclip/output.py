@@ -46,6 +46,8 @@ def prediction_record(pred: Prediction) -> dict:
     for level, dist in pred.levels.items():
         best = max(dist, key=dist.__getitem__)
         record[level] = {"label": best, "probability": _number(dist[best]), "distribution": rounded(dist)}
+    if pred.multi is not None:
+        record["multi"] = [{"label": lbl, "probability": _number(p)} for lbl, p in pred.multi]
     record["error"] = None if pred.error is None else shorten(pred.error)
     return record
 
@@ -98,6 +100,8 @@ def flat_row(pred: Prediction, class_names: Sequence[str], levels: dict[str, Seq
         dist = pred.levels.get(level, {})
         row[f"{level}_label"] = max(dist, key=dist.__getitem__) if dist else ""
         row.update({f"{level}_p_{c}": fmt(dist.get(c)) for c in names})
+    if pred.multi is not None:
+        row["multi"] = "|".join(f"{lbl}:{p:.4f}" for lbl, p in pred.multi)
     row["error"] = shorten(pred.error) if pred.error else ""
     return row
 
@@ -105,11 +109,22 @@ def flat_row(pred: Prediction, class_names: Sequence[str], levels: dict[str, Seq
 class CsvWriter(RowWriter):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        empty = flat_row(Prediction(path=""), self.class_names, self.levels)
-        self.writer = csv.DictWriter(self.handle, fieldnames=list(empty), lineterminator="\n")
-        self.writer.writeheader()
+        self.writer: csv.DictWriter | None = None
+
+    def _header(self, pred: Prediction) -> csv.DictWriter:
+        """The columns of the first row (optional ones, like ``multi``, are on every row or none)."""
+        if self.writer is None:
+            fields = list(flat_row(Prediction(path="", multi=pred.multi), self.class_names, self.levels))
+            self.writer = csv.DictWriter(self.handle, fieldnames=fields, lineterminator="\n")
+            self.writer.writeheader()
+        return self.writer
+
+    def finish(self) -> None:
+        self._header(Prediction(path=""))
 
     def write(self, pred: Prediction) -> None:
+        self._header(pred)
+        assert self.writer is not None
         row = flat_row(pred, self.class_names, self.levels)
         self.writer.writerow({k: "" if v is None else v for k, v in row.items()})
         self.handle.flush()

@@ -43,6 +43,7 @@ class Prediction:
     distribution: dict[str, float] = field(default_factory=dict)
     levels: dict[str, dict[str, float]] = field(default_factory=dict)
     error: str | None = None
+    multi: list[tuple[str, float]] | None = None   # with --multi P: every label with probability >= P
 
     @property
     def ok(self) -> bool:
@@ -55,7 +56,7 @@ class Tagger:
     def __init__(self, backbone: Backbone, classifier: Classifier, top_k: int = 3,
                  coarse_levels: Sequence[str] | None = None, batch_size: int | None = DEFAULT_BATCH_SIZE,
                  workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 cache: FeatureCache | None = None, fast_decode: bool = False) -> None:
+                 cache: FeatureCache | None = None, multi: float | None = None) -> None:
         self.backbone = backbone
         self.classifier = classifier
         self.top_k = max(1, top_k)
@@ -67,8 +68,8 @@ class Tagger:
         self.batch_size = image_batch_size(backbone, batch_size)
         self.workers = workers
         self.max_pixels = max_pixels
-        self.cache = cache
-        self.fast_decode = fast_decode
+        self.cache = cache  # decoding and precision come from backbone.spec, which also keys the cache
+        self.multi = multi
 
     @property
     def taxonomy(self) -> Taxonomy:
@@ -83,7 +84,8 @@ class Tagger:
             top = fine.top_k(i, self.top_k)
             rows.append(Prediction(path=path, label=top[0][0], probability=top[0][1], top_k=top,
                                    distribution=fine.as_dict(i),
-                                   levels={name: lvl.as_dict(i) for name, lvl in coarse.items()}))
+                                   levels={name: lvl.as_dict(i) for name, lvl in coarse.items()},
+                                   multi=None if self.multi is None else fine.at_least(i, self.multi)))
         return rows
 
     def tag(self, paths: Iterable[str | Path | ImageBytes], progress: Callable[[int], None] | None = None
@@ -93,7 +95,7 @@ class Tagger:
         items = [as_source(p) for p in paths]
         pending: list[tuple[int, np.ndarray | None, str | None]] = []
         stream = iter_features(self.backbone, items, self.cache, self.batch_size, self.workers, self.max_pixels,
-                               progress, self.fast_decode)
+                               progress)
         for entry in stream:
             pending.append(entry)
             if len(pending) >= self.batch_size:
@@ -107,4 +109,5 @@ class Tagger:
         rows = iter(self.predict_features(torch.from_numpy(np.stack([f for _, f in good])),
                                           [str(items[i]) for i, _ in good]) if good else [])
         for i, feature, error in entries:
-            yield next(rows) if feature is not None else Prediction(path=str(items[i]), error=error)
+            yield next(rows) if feature is not None else Prediction(
+                path=str(items[i]), error=error, multi=None if self.multi is None else [])

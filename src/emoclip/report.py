@@ -117,7 +117,9 @@ def markdown_report(evaluation: Evaluation, run: dict, mistakes: list[tuple[str,
     unreadable = f", {m['n_failed']} unreadable" if m["n_failed"] else ""
     lines = [f"# Evaluation: {run.get('name', 'run')}", "",
              f"- data: {run.get('dataset')} (split `{run.get('split')}`, {m['n']} images{unreadable})",
-             f"- model: {run.get('backbone', {}).get('model')} / {run.get('backbone', {}).get('weights')}; "
+             f"- model: {run.get('backbone', {}).get('model')} / {run.get('backbone', {}).get('weights')} "
+             f"({run.get('backbone', {}).get('precision', 'fp32')}, {run.get('backbone', {}).get('decode', 'full')} "
+             "decoding); "
              f"method: {run.get('method', {}).get('method')}",
              f"- level: {m['level']} (model taxonomy {m['model_taxonomy']}, labels {m['label_taxonomy']})",
              f"- features: {m['cache']['hits']} from cache, {m['cache']['misses']} encoded", "",

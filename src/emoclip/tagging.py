@@ -31,8 +31,10 @@ class TaggerConfig:
     model: str | None = None          # open_clip architecture; default ViT-B-32, or the checkpoint's
     pretrained: str | None = None     # tag, weights file or 'random'; default openai, or the checkpoint's
     device: str = "auto"
-    fast_decode: bool = False
-    int8: bool = False
+    # the encoder's speed options (encoder_spec.py): they change features slightly, so they are part
+    # of the encoder spec that keys the cache and is recorded in reports and checkpoints
+    precision: str = "auto"           # auto | fp32 | bf16 | fp16 (precision.py: measured per machine)
+    decode: str = "draft"             # draft: large JPEGs decode at reduced size; full: exact
     # the classifier
     checkpoint: str | None = None     # a run folder from `emoclip train`; None: zero-shot
     taxonomy: str | None = None       # built-in name or file; default mikels8, or the checkpoint's
@@ -42,12 +44,20 @@ class TaggerConfig:
     # the rows
     top_k: int = 3
     also: tuple[str, ...] | None = None   # coarser levels; None: every level the taxonomy maps into
+    multi: float | None = None        # also list every label with probability >= multi
     # the pipeline
     batch_size: int | None = None
     workers: int | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     cache_dir: str | None = None
     no_cache: bool = False
+
+    def __post_init__(self) -> None:
+        from .encoder_spec import check_decode
+        from .precision import check_precision
+
+        check_precision(self.precision)
+        check_decode(self.decode)
 
     def replace(self, **changes: Any) -> TaggerConfig:
         return dataclasses.replace(self, **changes)
@@ -84,7 +94,7 @@ def load_backbone_for(config: TaggerConfig, model: str | None = None, pretrained
     from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_backbone
 
     return load_backbone(model or config.model or DEFAULT_MODEL, pretrained or config.pretrained or DEFAULT_PRETRAINED,
-                         config.device, int8=config.int8)
+                         config.device, precision=config.precision, decode=config.decode)
 
 
 def build_classifier(config: TaggerConfig) -> tuple[Backbone, Classifier]:
@@ -92,11 +102,10 @@ def build_classifier(config: TaggerConfig) -> tuple[Backbone, Classifier]:
     if config.checkpoint:
         from .checkpoint import classifier_for, load_checkpoint, read_metadata
 
-        backbone = None
-        if config.model or config.pretrained or config.int8:  # explicit: load_checkpoint checks it matches
-            meta = read_metadata(config.checkpoint)["backbone"]
-            backbone = load_backbone_for(config, config.model or meta["model"],
-                                         config.pretrained or meta["pretrained"])
+        # the checkpoint's weights (unless overridden: load_checkpoint checks they match) with this
+        # config's encoder options (precision, decoding)
+        meta = read_metadata(config.checkpoint)["backbone"]
+        backbone = load_backbone_for(config, config.model or meta["model"], config.pretrained or meta["pretrained"])
         method = load_checkpoint(config.checkpoint, backbone, config.device)
         return method.backbone, classifier_for(method, load_taxonomy_for(config, default=None))
     from .zeroshot import ZeroShotClassifier
@@ -110,7 +119,7 @@ def open_cache(config: TaggerConfig, backbone: Backbone) -> FeatureCache | None:
 
     if config.no_cache:
         return None
-    return FeatureCache(config.cache_dir or default_cache_dir(), backbone, config.fast_decode)
+    return FeatureCache(config.cache_dir or default_cache_dir(), backbone)
 
 
 def build_tagger(config: TaggerConfig) -> Tagger:
@@ -121,4 +130,4 @@ def build_tagger(config: TaggerConfig) -> Tagger:
     backbone, classifier = build_classifier(config)
     return Tagger(backbone, classifier, top_k=config.top_k, coarse_levels=list(config.also) if config.also else None,
                   batch_size=config.batch_size, workers=config.workers, max_pixels=config.max_pixels,
-                  cache=open_cache(config, backbone), fast_decode=config.fast_decode)
+                  cache=open_cache(config, backbone), multi=config.multi)

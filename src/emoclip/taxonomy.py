@@ -33,11 +33,17 @@ MAX_NAME_CHARS = 200  # a class name or synonym is a word or a short phrase insi
 
 @dataclass(frozen=True)
 class EmotionClass:
-    """One class: its name, the words that mean the same, and its parent class in a coarser taxonomy."""
+    """One class: its name, the words that mean the same, and its parent class in a coarser taxonomy.
+
+    ``aliases`` are other spellings of the name that datasets use for their labels (WEBEmo's folders
+    say "cheerfullness"); they resolve to the class when labels are read but, unlike synonyms, never
+    appear in prompts or captions.
+    """
 
     name: str
     synonyms: tuple[str, ...] = ()
     parent: str | None = None
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,7 @@ class Taxonomy:
     def _lookup(self) -> dict[str, int]:
         table: dict[str, int] = {}
         for i, c in enumerate(self.classes):
-            for word in c.synonyms:
+            for word in (*c.aliases, *c.synonyms):
                 table.setdefault(word.lower(), i)
         for i, c in enumerate(self.classes):  # a class name always wins over a synonym
             table[c.name.lower()] = i
@@ -145,8 +151,8 @@ class Taxonomy:
             "name": self.name,
             "description": self.description,
             "parent": self.parent.to_dict() if self.parent else None,
-            "classes": [{"name": c.name, "synonyms": list(c.synonyms), "parent": c.parent}
-                        for c in self.classes],
+            "classes": [{"name": c.name, "synonyms": list(c.synonyms), "parent": c.parent,
+                         **({"aliases": list(c.aliases)} if c.aliases else {})} for c in self.classes],
         }
 
 
@@ -183,10 +189,10 @@ def _parse_class(entry: object, origin: str) -> EmotionClass:
     if not isinstance(entry, dict) or "name" not in entry:
         raise TaxonomyError(f"each class in {origin} must be a name or a mapping with 'name', "
                             f"got {short_repr(entry)}; write - calm or - {{name: calm}}")
-    unknown = sorted(str(k) for k in entry if k not in ("name", "synonyms", "parent"))
+    unknown = sorted(str(k) for k in entry if k not in ("name", "synonyms", "parent", "aliases"))
     if unknown:
         raise TaxonomyError(f"class {short_repr(entry.get('name'))} in {origin} has unknown key "
-                            f"{short_repr(unknown[0])}; a class has name, synonyms and parent")
+                            f"{short_repr(unknown[0])}; a class has name, synonyms, aliases and parent")
     name = _word(entry["name"], "a class name", origin)
     synonyms = entry.get("synonyms") or ()
     if isinstance(synonyms, str):
@@ -194,9 +200,16 @@ def _parse_class(entry: object, origin: str) -> EmotionClass:
     if not isinstance(synonyms, list | tuple):
         raise TaxonomyError(f"synonyms of '{name}' in {origin} must be a list of words, got {short_repr(synonyms)}; "
                             "write synonyms: [word, …]")
+    aliases = entry.get("aliases") or ()
+    if isinstance(aliases, str):
+        aliases = [aliases]
+    if not isinstance(aliases, list | tuple):
+        raise TaxonomyError(f"aliases of '{name}' in {origin} must be a list of words, got {short_repr(aliases)}; "
+                            "write aliases: [word, …]")
     parent = entry.get("parent")
     return EmotionClass(name=name, synonyms=tuple(_word(w, f"a synonym of '{name}'", origin) for w in synonyms),
-                        parent=None if parent is None else _word(parent, f"the parent of '{name}'", origin))
+                        parent=None if parent is None else _word(parent, f"the parent of '{name}'", origin),
+                        aliases=tuple(_word(a, f"an alias of '{name}'", origin) for a in aliases))
 
 
 def taxonomy_from_dict(data: dict, origin: str = "<dict>", _seen: tuple[str, ...] = (),

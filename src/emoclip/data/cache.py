@@ -2,9 +2,9 @@
 
 Layout: ``<cache_dir>/<backbone-key>/<aa>/<content-digest>.f32`` where
 
-- the backbone key hashes the architecture, the weights' identity (tag, seed, or the SHA-256 of
-  a weights file), the preprocessing and the decoder version: another backbone can never read
-  these features;
+- the backbone key hashes the encoder spec (encoder_spec.py: architecture, the weights' identity
+  — tag, seed, or the SHA-256 of a weights file —, preprocessing, decode mode, precision) and the
+  decoder version: another backbone, decoding or number format can never read these features;
 - the content digest is a BLAKE2b hash of the image file's bytes: a changed file has a new key,
   and a moved or copied file is still a hit.
 
@@ -73,11 +73,11 @@ def content_digest(path: ImageSource) -> str | None:
 class FeatureCache:
     """Features of one backbone, keyed by image content."""
 
-    def __init__(self, root: str | Path, backbone: Backbone, fast_decode: bool = False) -> None:
-        identity = {**backbone.identity(), "decoder": DECODER_VERSION}
-        if fast_decode:  # draft-decoded JPEGs give other features: keep them apart
-            identity["fast_decode"] = True
-        self.fast_decode = fast_decode
+    def __init__(self, root: str | Path, backbone: Backbone) -> None:
+        # The encoder spec is everything that changes a feature (weights, preprocessing, decode mode,
+        # precision): features of two specs never share a folder.
+        self.spec = backbone.spec
+        identity = {**self.spec.identity(), "decoder": DECODER_VERSION}
         key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         self.dir = Path(root).expanduser() / f"{backbone.model_name.replace('/', '_')}-{key}"
         self.dim = backbone.feature_dim
@@ -155,7 +155,7 @@ class FeatureTable:
 def iter_features(backbone: Backbone, paths: Sequence[str | Path | ImageBytes], cache: FeatureCache | None = None,
                   batch_size: int | None = DEFAULT_BATCH_SIZE, workers: int | None = None,
                   max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                  progress: Callable[[int], None] | None = None, fast_decode: bool = False
+                  progress: Callable[[int], None] | None = None
                   ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """Yield ``(index, feature, error)`` for every path in order: cached features first-class,
     the rest decoded in parallel, encoded in batches, and stored."""
@@ -170,9 +170,10 @@ def iter_features(backbone: Backbone, paths: Sequence[str | Path | ImageBytes], 
         cache.hits += sum(c is not None for c in cached)
         cache.misses += sum(c is None for c in cached)
     missing = [i for i, c in enumerate(cached) if c is None]
-    if cache is not None and cache.fast_decode != fast_decode:
-        raise ValueError("the cache was opened for another decoding mode than requested (fast_decode)")
-    encoded = iter_encoded(backbone, [items[i] for i in missing], batch_size, workers, max_pixels, fast_decode)
+    if cache is not None and cache.spec != backbone.spec:
+        raise ValueError(f"the feature cache was opened for another encoder spec ({cache.spec}) than the "
+                         f"backbone's ({backbone.spec})")
+    encoded = iter_encoded(backbone, [items[i] for i in missing], batch_size, workers, max_pixels)
     fresh: dict[int, tuple[np.ndarray | None, str | None]] = {}
     cursor = 0
     for i in range(len(items)):

@@ -55,6 +55,12 @@ class LinearProbe(Method):
     def fit_direct(self, train, val) -> dict:
         x, y = train[0].float(), train[1]
         vx, vy = val[0].float(), val[1]
+        if y.ndim == 2:  # vote distributions: soft cross-entropy; the validation labels join as one-hot rows
+            y = y.float()
+            refit_vy = F.one_hot(vy, y.shape[1]).float() if vy.ndim == 1 else vy.float()
+            vy = vy if vy.ndim == 1 else vy.argmax(1)
+        else:
+            refit_vy = vy
         scores = {}
         for l2 in self.config.l2_grid:
             self._fit(x, y, l2)
@@ -62,6 +68,6 @@ class LinearProbe(Method):
                 scores[l2] = (self.linear(vx).argmax(1) == vy).float().mean().item() if len(vy) else 0.0
         best = max(self.config.l2_grid, key=lambda v: (scores[v], v))  # ties → stronger regularisation
         self.config.l2 = best
-        self._fit(torch.cat([x, vx]), torch.cat([y, vy]), best)
+        self._fit(torch.cat([x, vx]), torch.cat([y, refit_vy]), best)
         # val_accuracy is the selection score (the refit has seen the validation part)
         return {"l2": best, "val_accuracy": scores[best], "val_accuracy_by_l2": {str(k): v for k, v in scores.items()}}
