@@ -75,6 +75,14 @@ def tiny_other(tiny, tmp_path_factory):
     return load_backbone("tiny", str(path), "cpu")
 
 
+@pytest.fixture(scope="session")
+def tiny_bart(tmp_path_factory) -> Path:
+    """A tiny random BART (from a BartConfig) and a word-level tokenizer built offline from emoclip's words."""
+    from emoclip.random_bart import save_random_bart
+
+    return save_random_bart(tmp_path_factory.mktemp("bart") / "tiny", "tiny")
+
+
 def noise_image(width: int = 96, height: int = 64, seed: int = 0, mode: str = "RGB") -> Image.Image:
     rng = np.random.default_rng(seed)
     channels = {"RGB": 3, "L": 1}[mode]

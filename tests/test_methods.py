@@ -40,15 +40,32 @@ def separable(tiny):
     return make(180), make(60)
 
 
+@pytest.fixture
+def options_for(request):
+    """Each method's options for the registry-wide tests: ugrie reads the tiny offline BART (on one thread:
+    its hundreds of tiny matrix products run ~30× slower when two threads fight a busy machine's cores)."""
+    threads = torch.get_num_threads()
+
+    def options(name: str) -> dict:
+        if name != "ugrie":
+            return {}
+        torch.set_num_threads(1)
+        return {"bart": str(request.getfixturevalue("tiny_bart"))}
+    yield options
+    torch.set_num_threads(threads)
+
+
 def quick_config(name: str, **overrides) -> TrainConfig:
     base = {"epochs": 6, "batch_size": 30, "optimizer": "adam", "lr": 0.03 if name in ("ptdpc", "coop") else 1e-3}
+    if name == "ugrie":  # the tiny random BART needs ~60 steps before it reads the image prefix at all
+        base.update(batch_size=10, lr=1e-2)
     return TrainConfig(**{**base, **overrides})
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_every_method_learns_a_separable_task_far_above_chance(tiny, six, separable, name, tmp_path):
+def test_every_method_learns_a_separable_task_far_above_chance(tiny, six, separable, name, tmp_path, options_for):
     (train_x, train_y), (val_x, val_y) = separable
-    method = create_method(name, tiny, six)
+    method = create_method(name, tiny, six, options_for(name))
     before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
     result = train(method, (train_x, train_y), (val_x, val_y), quick_config(name), tmp_path, progress=False)
     accuracy = (method.logits(val_x).argmax(1) == val_y).float().mean().item()
@@ -59,8 +76,8 @@ def test_every_method_learns_a_separable_task_far_above_chance(tiny, six, separa
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_only_declared_parameters_get_gradients(tiny, six, separable, name):
-    method = create_method(name, tiny, six)
+def test_only_declared_parameters_get_gradients(tiny, six, separable, name, options_for):
+    method = create_method(name, tiny, six, options_for(name))
     (x, y), _ = separable
     batch = {"features": x[:12], "generator": torch.Generator().manual_seed(0), "index": torch.arange(12)}
     method.loss(method(x[:12]), y[:12], batch).backward()
@@ -73,9 +90,9 @@ def test_only_declared_parameters_get_gradients(tiny, six, separable, name):
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_save_then_load_gives_identical_logits(tiny, six, separable, name, tmp_path):
+def test_save_then_load_gives_identical_logits(tiny, six, separable, name, tmp_path, options_for):
     (x, y), val = separable
-    method = create_method(name, tiny, six)
+    method = create_method(name, tiny, six, options_for(name))
     train(method, (x, y), val, quick_config(name, epochs=1), tmp_path / "run", progress=False)
     save_checkpoint(tmp_path / "ckpt", method)
     loaded = load_checkpoint(tmp_path / "ckpt", backbone=tiny)

@@ -25,11 +25,13 @@ def data(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method_config", sorted(p.name for p in (CONFIGS / "methods").glob("*.yaml")))
-def test_every_shipped_method_config_trains_and_its_checkpoint_evaluates_and_predicts(data, tmp_path, method_config):
+def test_every_shipped_method_config_trains_and_its_checkpoint_evaluates_and_predicts(data, tmp_path, method_config,
+                                                                                    request):
     root, split = data
     out = tmp_path / "run"
+    offline_bart = ["--set", f"bart={request.getfixturevalue('tiny_bart')}"] if method_config == "ugrie.yaml" else []
     result = run("train", "--config", CONFIGS / "datasets" / "emotionroi6.yaml", "--config",
-                 CONFIGS / "methods" / method_config, "--root", root, "--split-file", split, *TINY,
+                 CONFIGS / "methods" / method_config, "--root", root, "--split-file", split, *TINY, *offline_bart,
                  "--epochs", 1, "--no-progress", "--out", out)
     assert result.exit_code == 0, result.output
     assert "test accuracy=" in result.stdout

@@ -231,7 +231,7 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
     failed = 0
     bar = tqdm(total=len(images), unit="img", disable=None if progress is None else not progress,
                file=sys.stderr, dynamic_ncols=True)
-    with bar, open_writer(fmt, output, tax.names, levels) as writer:
+    with bar, open_writer(fmt, output, tax.names, levels, tagger.generates_text) as writer:
         for row in tagger.tag(images, progress=bar.update):
             writer.write(row)
             failed += not row.ok
@@ -387,7 +387,7 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
 
     import yaml
 
-    from .experiment import merge, read_configs, run_experiment
+    from .bart_weights import preflight_experiment
 
     options = {}
     for item in sets:
@@ -398,6 +398,9 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
             options[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
             raise EmoclipError(f"--set {shorten(item, 80)}: the value is not valid YAML; quote it") from None
+    preflight_experiment(list(config_files), method, options)  # BART offline: answer before torch loads
+
+    from .experiment import merge, read_configs, run_experiment
     overrides = {
         "method": method, "options": options, "taxonomy": taxonomy, "label_taxonomy": label_taxonomy, "name": name,
         "also": list(also) or None,
@@ -443,7 +446,8 @@ def methods() -> None:
     for name, cls in list_methods().items():
         click.echo(f"{name}: {cls.summary}")
         for f in dataclasses.fields(cls.Config):
-            click.echo(f"    {f.name} = {f.default!r}")
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            click.echo(f"    {f.name} = {default!r}")
 
 
 @main.command()

@@ -47,7 +47,7 @@ from .userfiles import parse_document, read_text
 
 log = logging.getLogger("emoclip")
 SECTIONS = {"method", "options", "taxonomy", "label_taxonomy", "data", "backbone", "train", "also", "eval_split",
-            "name"}
+            "name", "datasets"}  # datasets: several at once, each with its taxonomy (emoclip.unified)
 
 
 def read_configs(paths: list[str | Path]) -> dict[str, Any]:
@@ -204,6 +204,11 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
     if name not in methods:
         raise EmoclipError(f"unknown method '{name}'; `emoclip methods` lists them: {ZERO_SHOT}, "
                            f"{', '.join(methods)}")
+    methods[name].preflight(config.get("options") or {})
+    if config.get("datasets"):
+        from .unified import run_unified
+
+        return run_unified(config, out, device, cache_dir, no_cache, resume, progress)
     train_options = merge(methods[name].train_defaults, config.get("train") or {})
     train_config = TrainConfig.from_dict(train_options)
     taxonomy = load_taxonomy(config.get("taxonomy") or "emotionroi6")

@@ -48,6 +48,8 @@ def prediction_record(pred: Prediction) -> dict:
         record[level] = {"label": best, "probability": _number(dist[best]), "distribution": rounded(dist)}
     if pred.multi is not None:
         record["multi"] = [{"label": lbl, "probability": _number(p)} for lbl, p in pred.multi]
+    if pred.generated is not None:
+        record["generated"] = pred.generated
     record["error"] = None if pred.error is None else shorten(pred.error)
     return record
 
@@ -57,10 +59,12 @@ class RowWriter:
 
     binary = False
 
-    def __init__(self, handle: IO, class_names: Sequence[str], levels: dict[str, Sequence[str]]) -> None:
+    def __init__(self, handle: IO, class_names: Sequence[str], levels: dict[str, Sequence[str]],
+                 generated: bool = False) -> None:
         self.handle = handle
         self.class_names = list(class_names)
         self.levels = levels
+        self.generated = generated  # a `generated` column (methods that write a sentence)
 
     def write(self, pred: Prediction) -> None:
         raise NotImplementedError
@@ -90,7 +94,8 @@ class JsonWriter(RowWriter):
         self.handle.write("\n]\n" if self.count else "]\n")
 
 
-def flat_row(pred: Prediction, class_names: Sequence[str], levels: dict[str, Sequence[str]]) -> dict:
+def flat_row(pred: Prediction, class_names: Sequence[str], levels: dict[str, Sequence[str]],
+             generated: bool = False) -> dict:
     """One flat row (CSV and Parquet): label, probability, top-k, one column per class and level."""
     fmt = _number
     row: dict = {"path": name_text(pred.path), "label": pred.label or "", "probability": fmt(pred.probability),
@@ -102,6 +107,8 @@ def flat_row(pred: Prediction, class_names: Sequence[str], levels: dict[str, Seq
         row.update({f"{level}_p_{c}": fmt(dist.get(c)) for c in names})
     if pred.multi is not None:
         row["multi"] = "|".join(f"{lbl}:{p:.4f}" for lbl, p in pred.multi)
+    if generated:
+        row["generated"] = pred.generated or ""
     row["error"] = shorten(pred.error) if pred.error else ""
     return row
 
@@ -114,7 +121,8 @@ class CsvWriter(RowWriter):
     def _header(self, pred: Prediction) -> csv.DictWriter:
         """The columns of the first row (optional ones, like ``multi``, are on every row or none)."""
         if self.writer is None:
-            fields = list(flat_row(Prediction(path="", multi=pred.multi), self.class_names, self.levels))
+            fields = list(flat_row(Prediction(path="", multi=pred.multi), self.class_names, self.levels,
+                                    self.generated))
             self.writer = csv.DictWriter(self.handle, fieldnames=fields, lineterminator="\n")
             self.writer.writeheader()
         return self.writer
@@ -125,7 +133,7 @@ class CsvWriter(RowWriter):
     def write(self, pred: Prediction) -> None:
         self._header(pred)
         assert self.writer is not None
-        row = flat_row(pred, self.class_names, self.levels)
+        row = flat_row(pred, self.class_names, self.levels, self.generated)
         self.writer.writerow({k: "" if v is None else v for k, v in row.items()})
         self.handle.flush()
 
@@ -145,7 +153,7 @@ class ParquetWriter(RowWriter):
         self.rows: list[dict] = []
 
     def write(self, pred: Prediction) -> None:
-        self.rows.append(flat_row(pred, self.class_names, self.levels))
+        self.rows.append(flat_row(pred, self.class_names, self.levels, self.generated))
 
     def finish(self) -> None:
         import pyarrow as pa
@@ -178,19 +186,19 @@ def choose_format(fmt: str | None, output: str | Path | None) -> str:
 
 @contextlib.contextmanager
 def open_writer(fmt: str, output: str | Path | None, class_names: Sequence[str],
-                levels: dict[str, Sequence[str]]) -> Iterator[RowWriter]:
+                levels: dict[str, Sequence[str]], generated: bool = False) -> Iterator[RowWriter]:
     """A writer to ``output`` (atomic) or stdout; the document is completed only on success."""
     factory = WRITERS[fmt]
     if output is None or str(output) == "-":
         if getattr(factory, "binary", False):
             raise EmoclipError(f"--format {fmt} is binary; give --output FILE")
-        writer = factory(sys.stdout, class_names, levels)
+        writer = factory(sys.stdout, class_names, levels, generated)
         yield writer
         writer.finish()
         sys.stdout.flush()
         return
     mode = "wb" if getattr(factory, "binary", False) else "w"
     with atomic_write(output, mode, newline="" if mode == "w" else None) as handle:
-        writer = factory(handle, class_names, levels)
+        writer = factory(handle, class_names, levels, generated)
         yield writer
         writer.finish()

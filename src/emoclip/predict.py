@@ -44,6 +44,7 @@ class Prediction:
     levels: dict[str, dict[str, float]] = field(default_factory=dict)
     error: str | None = None
     multi: list[tuple[str, float]] | None = None   # with --multi P: every label with probability >= P
+    generated: str | None = None  # the sentence a generative method (ugrie) wrote; None for the others
 
     @property
     def ok(self) -> bool:
@@ -75,9 +76,19 @@ class Tagger:
     def taxonomy(self) -> Taxonomy:
         return self.classifier.taxonomy
 
+    @property
+    def generates_text(self) -> bool:
+        """Rows carry ``generated`` (classifiers with ``logits_and_texts`` that say so, e.g. ugrie)."""
+        return bool(getattr(self.classifier, "generates_text", False))
+
     def predict_features(self, features: torch.Tensor, paths: Sequence[str]) -> list[Prediction]:
         """Predictions for already-encoded, normalised image features."""
-        fine = LevelProbabilities(self.taxonomy, softmax(self.classifier.logits(features)))
+        texts: list[str | None] = [None] * len(paths)
+        if self.generates_text:  # one pass gives the scores and the sentence
+            logits, texts = self.classifier.logits_and_texts(features)
+        else:
+            logits = self.classifier.logits(features)
+        fine = LevelProbabilities(self.taxonomy, softmax(logits))
         coarse = {name: coarsen(fine, name) for name in self.coarse_levels}
         rows = []
         for i, path in enumerate(paths):
@@ -85,7 +96,8 @@ class Tagger:
             rows.append(Prediction(path=path, label=top[0][0], probability=top[0][1], top_k=top,
                                    distribution=fine.as_dict(i),
                                    levels={name: lvl.as_dict(i) for name, lvl in coarse.items()},
-                                   multi=None if self.multi is None else fine.at_least(i, self.multi)))
+                                   multi=None if self.multi is None else fine.at_least(i, self.multi),
+                                   generated=texts[i]))
         return rows
 
     def tag(self, paths: Iterable[str | Path | ImageBytes], progress: Callable[[int], None] | None = None

@@ -76,6 +76,10 @@ def preflight(config: TaggerConfig) -> None:
     from .weights import DEFAULT_MODEL, DEFAULT_PRETRAINED
     from .weights import preflight as weights_preflight
 
+    if config.checkpoint:
+        from .bart_weights import preflight_checkpoint
+
+        preflight_checkpoint(config.checkpoint)  # a ugrie checkpoint's BART
     if config.checkpoint and not config.pretrained:
         return  # the checkpoint names its weights; load_checkpoint checks them
     weights_preflight(config.model or DEFAULT_MODEL, config.pretrained or DEFAULT_PRETRAINED)

@@ -209,7 +209,7 @@ def hard_labels(y: torch.Tensor) -> torch.Tensor:
 def _accuracy(method: Method, x: torch.Tensor, y: torch.Tensor) -> float:
     if len(y) == 0:
         return float("nan")
-    return (method.logits(x).argmax(1) == hard_labels(y)).float().mean().item()
+    return method.accuracy(x, hard_labels(y))  # a method may score its own way (ugrie: per task)
 
 
 @torch.no_grad()
@@ -298,7 +298,7 @@ def train(method: Method, train_data: tuple[torch.Tensor, torch.Tensor], val_dat
         for start in bar:
             index = order[start:start + config.batch_size]
             features, targets = x[index], y[index]
-            logits = method(features)
+            logits = method(features) if method.loss_uses_logits else None
             batch = {"features": features, "generator": generator, "index": index,
                      "paths": [train_paths[i] for i in index.tolist()] if train_paths else None}
             loss = method.loss(logits, targets, batch)

@@ -41,6 +41,14 @@ class Method(nn.Module):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     # The optimiser recipe of the method's paper; the trainer's defaults for it.
     train_defaults: ClassVar[dict[str, Any]] = {}
+    # Can train on several taxonomies at once (``emoclip.unified``; targets index the tasks' classes).
+    multi_taxonomy: ClassVar[bool] = False
+    # The trainer computes ``forward`` logits for ``loss`` only when the loss reads them.
+    loss_uses_logits: ClassVar[bool] = True
+
+    @classmethod
+    def preflight(cls, options: dict[str, Any]) -> None:
+        """Refuse unobtainable external weights (given the options) before anything heavy loads."""
 
     def __init__(self, backbone: Backbone, taxonomy: Taxonomy, config: MethodConfig) -> None:
         super().__init__()
@@ -73,6 +81,13 @@ class Method(nn.Module):
         self.train(was_training)
         return out
 
+    @torch.no_grad()
+    def accuracy(self, features: torch.Tensor, targets: torch.Tensor) -> float:
+        """Top-1 accuracy on training-style targets (model selection on the validation part)."""
+        if len(targets) == 0:
+            return float("nan")
+        return (self.logits(features).argmax(1) == targets).float().mean().item()
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -99,7 +114,7 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
 
 
 def list_methods() -> dict[str, type[Method]]:
-    from . import clipe, linear_probe, prompt  # noqa: F401 - registration happens on import
+    from . import clipe, linear_probe, prompt, ugrie  # noqa: F401 - registration happens on import
 
     return dict(sorted(_REGISTRY.items()))
 
