@@ -87,7 +87,8 @@ def test_class_without_required_parent_is_an_error(tmp_path):
 
 
 def test_parent_that_is_not_a_coarse_class_is_an_error(tmp_path):
-    (tmp_path / "t.yaml").write_text("name: t\nparent: polarity\nclasses: [{name: calm, parent: neutral}]\n")
+    (tmp_path / "t.yaml").write_text("name: t\nparent: polarity\n"
+                                     "classes: [{name: calm, parent: neutral}, {name: tense, parent: negative}]\n")
     with pytest.raises(TaxonomyError, match="parent 'neutral'.*positive, negative"):
         load_taxonomy(str(tmp_path / "t.yaml"))
 

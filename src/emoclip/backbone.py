@@ -25,7 +25,7 @@ from PIL import Image
 
 from .device import resolve_device
 from .encoder_spec import EncoderSpec, check_decode
-from .errors import EmoclipError, WeightsUnavailableError
+from .errors import EmoclipError, WeightsUnavailableError, explain, shorten
 from .precision import check_precision, resolved_for_this_machine, torch_dtype
 from .weights import (
     DEFAULT_MODEL,
@@ -172,6 +172,11 @@ def _create_from_file(name: str, path: str) -> torch.nn.Module:
             f"weights file {path} does not fit model {name} ({first}); pass the --model the file was "
             "trained with (OpenAI-trained state dicts need the '-quickgelu' variant, e.g. ViT-B-32-quickgelu)"
         ) from None
+    except Exception as exc:
+        reason = explain(exc) or shorten(f"{type(exc).__name__}: {exc}", 200)
+        if "; " not in reason:
+            reason += "; give a CLIP weights file (.safetensors, an open_clip state dict, or OpenAI's .pt)"
+        raise WeightsUnavailableError(f"cannot load weights file {path}: {shorten(reason, 400)}") from None
 
 
 def _create_random(name: str) -> torch.nn.Module:

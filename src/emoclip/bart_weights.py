@@ -81,9 +81,10 @@ def preflight_checkpoint(path: str | os.PathLike) -> None:
     folder = Path(path).expanduser()
     meta_file = (folder if folder.is_dir() else folder.parent) / "model.json"
     try:
-        config = json.loads(meta_file.read_text()).get("config") or {}
-    except (OSError, ValueError):
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError, RecursionError):
         return  # load_checkpoint gives the exact message
+    config = (meta.get("config") if isinstance(meta, dict) else None) or {}
     if isinstance(config, dict) and config.get("bart"):
         preflight(config["bart"])
 

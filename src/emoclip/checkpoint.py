@@ -5,6 +5,10 @@ few megabytes, never the backbone). ``model.json`` says everything needed to use
 and its options, the backbone (architecture, weights identity, preprocessing), the taxonomy, and the
 training data and metrics. Loading needs no other flag, and refuses a backbone or taxonomy that does
 not match, saying what was expected.
+
+Loading trusts nothing: a truncated, garbage or pickle-bearing weights file, a ``model.json`` that
+is not JSON or lacks a field, tensors that are NaN or of the wrong shape, and weights and metadata
+of different epochs (a run killed between writing the two) are each refused with one line.
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors import safe_open
+from safetensors.torch import save
 
 from .atomic import atomic_write_bytes, atomic_write_text
 from .backbone import Backbone, load_backbone
-from .errors import EmoclipError
+from .errors import DamagedFileError, EmoclipError, shorten
 from .methods.base import Method, create_method
 from .taxonomy import Taxonomy, taxonomy_from_dict
+from .userfiles import parse_document, read_text
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -33,11 +39,29 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     atomic_write_bytes(path, data)
 
 
-def save_checkpoint(folder: str | Path, method: Method, extra: dict | None = None) -> Path:
+def read_tensors(path: str | Path, what: str = "weights file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file (no code can run from one), or a ``DamagedFileError``."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
+    except OSError as exc:
+        raise EmoclipError(f"cannot read {what} {path}: {exc.strerror or exc}; check the path") from None
+    except Exception as exc:
+        raise DamagedFileError(f"{what} {path} is damaged or not a safetensors file ({shorten(str(exc), 120)}); "
+                               "restore it, or retrain") from None
+    return tensors, metadata
+
+
+def save_checkpoint(folder: str | Path, method: Method, extra: dict | None = None,
+                    tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """``model.safetensors`` + ``model.json``; ``tensors`` (default: the method's own) are the weights."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     backbone: Backbone = method.backbone
-    save_tensors(dict(method.state_dict()), folder / WEIGHTS_FILE, {"format": "emoclip", "method": method.name})
+    epoch = (extra or {}).get("training", {}).get("best_epoch")
+    tensor_meta = {"format": "emoclip", "method": method.name, **({"epoch": str(epoch)} if epoch is not None else {})}
+    save_tensors(dict(method.state_dict()) if tensors is None else tensors, folder / WEIGHTS_FILE, tensor_meta)
     meta = {
         "format_version": FORMAT_VERSION,
         "method": method.name,
@@ -63,9 +87,29 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
     return meta, weights
 
 
+_REQUIRED = (("method", str), ("config", dict), ("backbone", dict), ("taxonomy", dict))
+_REQUIRED_BACKBONE = ("model", "weights", "pretrained")
+
+
 def read_metadata(path: str | Path) -> dict:
-    meta, _ = _paths(path)
-    return json.loads(meta.read_text())
+    """``model.json``, checked to have every field loading needs."""
+    meta_path, _ = _paths(path)
+    meta = parse_document(read_text(meta_path, "checkpoint metadata"), ".json", str(meta_path), "checkpoint metadata",
+                          DamagedFileError)
+    problem = None
+    if not isinstance(meta, dict):
+        problem = "it is not a JSON object"
+    else:
+        problem = next((f"'{key}' is missing or not a {kind.__name__}" for key, kind in _REQUIRED
+                        if not isinstance(meta.get(key), kind)), None)
+        if problem is None:
+            problem = next((f"'backbone.{key}' is missing" for key in _REQUIRED_BACKBONE
+                            if not isinstance(meta["backbone"].get(key), str)), None)
+        if problem is None and not isinstance(meta.get("format_version", 0), int):
+            problem = "'format_version' is not a number"
+    if problem:
+        raise DamagedFileError(f"checkpoint metadata {meta_path} is damaged: {problem}; restore it, or retrain")
+    return meta
 
 
 def check_backbone(meta: dict, backbone: Backbone) -> None:
@@ -82,20 +126,31 @@ def load_checkpoint(path: str | Path, backbone: Backbone | None = None, device: 
                     pretrained: str | None = None) -> Method:
     """Rebuild a trained method; the backbone comes from the metadata unless one is given."""
     meta_path, weights_path = _paths(path)
-    meta = json.loads(meta_path.read_text())
+    meta = read_metadata(path)
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise EmoclipError(f"checkpoint {path} has format {meta['format_version']}; upgrade emoclip to read it")
+    state, tensor_meta = read_tensors(weights_path, "checkpoint weights")
+    trained_epoch = (meta.get("training") or {}).get("best_epoch") if isinstance(meta.get("training"), dict) else None
+    if "epoch" in tensor_meta and trained_epoch is not None and tensor_meta["epoch"] != str(trained_epoch):
+        raise DamagedFileError(f"checkpoint {path} is half-written (weights of epoch {tensor_meta['epoch']}, metadata "
+                               f"of epoch {trained_epoch}); run the same `emoclip train … --resume` to repair it")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad:
+        raise DamagedFileError(f"checkpoint {path} holds NaN or infinite weights ({bad}); retrain it")
     if backbone is None:
         backbone = load_backbone(meta["backbone"]["model"], pretrained or meta["backbone"]["pretrained"], device)
     check_backbone(meta, backbone)
-    taxonomy: Taxonomy = taxonomy_from_dict(meta["taxonomy"], origin=str(meta_path))
-    method = create_method(meta["method"], backbone, taxonomy, meta["config"])
-    state = load_file(str(weights_path))
+    try:
+        taxonomy: Taxonomy = taxonomy_from_dict(meta["taxonomy"], origin=str(meta_path))
+        method = create_method(meta["method"], backbone, taxonomy, meta["config"])
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise DamagedFileError(f"checkpoint metadata {meta_path} is damaged ({type(exc).__name__}: "
+                               f"{shorten(str(exc), 100)}); restore it, or retrain") from None
     try:
         method.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise EmoclipError(f"checkpoint {path} does not fit method {meta['method']}: "
-                           f"{str(exc).splitlines()[0]}") from None
+        raise EmoclipError(f"checkpoint {path} does not fit method {meta['method']} ({shorten(str(exc), 200)}); "
+                           "its weights were damaged or come from another run: retrain it") from None
     return method.eval()
 
 

@@ -7,20 +7,24 @@ and turns ``EmoclipError`` into a one-line message with exit status 2.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
 
 import click
 
-from .errors import EmoclipError
+from .errors import EmoclipError, explain, shorten
 from .serve.options import serve_options, settings_from  # click only: FastAPI is imported when serving
 
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
+EXIT_BUG = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 log = logging.getLogger("emoclip")
 
@@ -103,27 +107,76 @@ def _config(checkpoint=None, taxonomy=None, labels=None, templates=None, synonym
     """The TaggerConfig of a command's options (tagging.py builds every front end's tagger from it)."""
     from .tagging import TaggerConfig
 
-    label_list = tuple(labels.split(",")) if labels else None
+    if labels is not None and taxonomy is not None:
+        raise EmoclipError("--labels and --taxonomy were both given; give either --labels or --taxonomy, not both")
+    label_list = tuple(labels.split(",")) if labels is not None else None  # "" is an error, not the default
     return TaggerConfig(checkpoint=checkpoint, taxonomy=taxonomy, labels=label_list, templates=templates,
                         synonyms=synonyms, model=model, pretrained=pretrained, device=device, precision=precision,
                         decode=decode, cache_dir=cache_dir, no_cache=no_cache, **rest)
 
 
 def _handle_errors(func: Callable) -> Callable:
+    """The one place that turns every expected failure into ``emoclip: error: <what>; <fix>``, exit 2.
+
+    An interruption (Ctrl-C, SIGTERM) exits 130; a bug shows one line too and exits 3, and
+    ``emoclip --debug`` shows the traceback of anything. Atomic writes have already removed their
+    temporary files by the time an exception arrives here.
+    """
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except EmoclipError as exc:
-            click.echo(f"emoclip: error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
+        except (SystemExit, click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            if _DEBUG[0]:
+                raise
+            click.echo("emoclip: interrupted; files being written were discarded, earlier outputs are unchanged",
+                       err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # `emoclip predict … | head`: the reader left; say nothing more
+            sys.stderr.close()
+            sys.exit(EXIT_SOME_FAILED)
+        except Exception as exc:
+            if _DEBUG[0]:
+                raise
+            message = explain(exc)
+            if message is None:
+                click.echo(f"emoclip: error: internal error ({shorten(f'{type(exc).__name__}: {exc}', 300)}); "
+                           "rerun with `emoclip --debug …` for the traceback and report it", err=True)
+                sys.exit(EXIT_BUG)
+            click.echo(f"emoclip: error: {message}", err=True)
+            sys.exit(getattr(exc, "exit_status", EXIT_USAGE))
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+_DEBUG = [False]  # set by the main group's --debug for this invocation
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+class _Group(click.Group):
+    """Every command runs inside ``_handle_errors``, with SIGTERM handled like Ctrl-C."""
+
+    def invoke(self, ctx: click.Context):
+        _DEBUG[0] = bool(ctx.params.get("debug"))
+        previous = None
+        with contextlib.suppress(ValueError):  # not the main thread (e.g. embedded): leave signals alone
+            previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            return _handle_errors(super().invoke)(ctx)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--verbose", "-v", is_flag=True, help="Log what happens (weights, cache, timings).")
+@click.option("--debug", is_flag=True, help="Show the Python traceback of any failure (for bug reports).")
 @click.version_option(package_name="emoclip")
-def main(verbose: bool) -> None:
+def main(verbose: bool, debug: bool) -> None:
     """emoclip: tag images with the emotions they evoke, using CLIP."""
     _setup_logging(verbose)
 
@@ -372,9 +425,19 @@ def evaluate(root, split_file, manifests, layout, fold, label_file, votes, split
     write_run(result, run, Path(out), mistakes)
     m = result.metrics
     coarse = "".join(f"  {lvl}-acc={100 * cm['accuracy']:.2f}" for lvl, cm in m["coarse"].items())
+    lost = f", {m['n_failed']} of {m['n'] + m['n_failed']} images unreadable" if m["n_failed"] else ""
     click.echo(f"{data.name}: n={m['n']} acc={100 * m['accuracy']:.2f} bal-acc={100 * m['balanced_accuracy']:.2f} "
                f"macro-F1={100 * m['macro_f1']:.2f}{coarse}  (cache {m['cache']['hits']} hits, "
-               f"{m['cache']['misses']} misses; {m['seconds']['total']:.1f} s) → {out}")
+               f"{m['cache']['misses']} misses; {m['seconds']['total']:.1f} s{lost}) → {out}")
+    _exit_if_lost(m["n_failed"], m["n"] + m["n_failed"], f"{out}/predictions.csv")
+
+
+def _exit_if_lost(lost: int, total: int, where: str) -> None:
+    """Exit 1 after the outputs are written when images could not be read: scores cover fewer images."""
+    if lost:
+        click.echo(f"emoclip: {lost} of {total} images could not be read and were left out of the scores; "
+                   f"{where} lists them with the reason", err=True)
+        sys.exit(EXIT_SOME_FAILED)
 
 
 @main.command("train")
@@ -396,14 +459,15 @@ def evaluate(root, split_file, manifests, layout, fold, label_file, votes, split
 @backbone_options
 @cache_options
 @speed_options(precision=None, decode=None)
-@click.option("--epochs", type=int, default=None)
-@click.option("--batch-size", type=int, default=None)
-@click.option("--lr", type=float, default=None)
+@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default=None)
 @click.option("--scheduler", type=click.Choice(["none", "step", "plateau"]), default=None)
-@click.option("--weight-decay", type=float, default=None)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None)
 @click.option("--seed", type=int, default=None)
-@click.option("--val-fraction", type=float, default=None, help="Part of train held out for model selection.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Part of train held out for model selection.")
 @click.option("--also", multiple=True, help="Coarser levels to score on the test split (e.g. polarity).")
 @click.option("--name", default=None, help="Row label in `emoclip aggregate`.")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run folder.")
@@ -425,8 +489,11 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep:
-            raise EmoclipError(f"--set needs KEY=VALUE, got '{item}'")
-        options[key.strip()] = yaml.safe_load(value)
+            raise EmoclipError(f"--set needs KEY=VALUE, got '{shorten(item, 80)}'; write e.g. --set lr=0.01")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise EmoclipError(f"--set {shorten(item, 80)}: the value is not valid YAML; quote it") from None
     preflight_experiment(list(config_files), method, options)  # BART offline: answer before torch loads
 
     from .experiment import merge, read_configs, run_experiment
@@ -459,6 +526,8 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
         fitted += f", lr {t['lr_selection']['chosen']:g} chosen on validation"
     click.echo(f"{summary['method']}: {fitted} (val acc {100 * t.get('val_accuracy', 0):.2f}); "
                f"test {scores or 'not scored'} → {out}")
+    lost = summary.get("lost", {})
+    _exit_if_lost(sum(lost.values()), sum(summary.get("listed", {}).values()), f"{out}/summary.json")
 
 
 @main.command()

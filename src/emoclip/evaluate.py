@@ -19,8 +19,9 @@ import torch
 from .backbone import Backbone
 from .data.cache import FeatureCache, compute_features
 from .data.dataset import Dataset
+from .data.files import name_text
 from .distribution import softmax
-from .errors import TaxonomyError
+from .errors import NothingReadableError, TaxonomyError
 from .metrics import classification_metrics, distribution_metrics
 from .predict import Classifier
 from .taxonomy import Taxonomy
@@ -95,6 +96,10 @@ def evaluate(backbone: Backbone, classifier: Classifier, dataset: Dataset, label
     table = compute_features(backbone, dataset.paths, cache, batch_size=batch_size, workers=workers)
     encode_seconds = time.perf_counter() - started
     ok = table.ok
+    if len(ok) and not ok.any():
+        first = min(table.errors)
+        raise NothingReadableError(f"none of the {len(ok)} images of {dataset.name} could be read (first: "
+                                   f"{name_text(table.paths[first])}: {table.errors[first]}); nothing to score")
     with torch.no_grad():
         fine_probs = softmax(classifier.logits(torch.from_numpy(table.features[ok])))
     level_probs = _aggregate(fine_probs, _to_level(model_tax, level.name), len(level))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tomllib
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -37,12 +36,14 @@ from .backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_backbone
 from .checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint
 from .data.cache import FeatureCache, compute_features, default_cache_dir
 from .data.dataset import Dataset, few_shot, open_dataset, stratified_split
-from .errors import EmoclipError, TaxonomyError
+from .data.files import name_text
+from .errors import EmoclipError, NothingReadableError, TaxonomyError
 from .evaluate import evaluate
 from .methods.base import create_method, list_methods
 from .report import write_run
 from .taxonomy import Taxonomy, load_taxonomy
 from .train import TrainConfig, train
+from .userfiles import parse_document, read_text
 
 log = logging.getLogger("emoclip")
 SECTIONS = {"method", "options", "taxonomy", "label_taxonomy", "data", "backbone", "train", "also", "eval_split",
@@ -63,12 +64,12 @@ def read_config(path: str | Path | None) -> dict[str, Any]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise EmoclipError(f"config file {path} does not exist")
-    text = file.read_text(encoding="utf-8")
-    try:
-        data = tomllib.loads(text) if file.suffix.lower() == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise EmoclipError(f"cannot parse config {path}: {str(exc).splitlines()[0]}") from None
-    unknown = sorted(set(data or {}) - SECTIONS)
+    suffix = ".toml" if file.suffix.lower() == ".toml" else ".yaml"
+    data = parse_document(read_text(file, "config"), suffix, str(path), "config")
+    if data is not None and not isinstance(data, dict):
+        raise EmoclipError(f"config {path} is not a mapping of sections; use the sections "
+                           f"{', '.join(sorted(SECTIONS))} (see configs/)")
+    unknown = sorted(map(str, set(data or {}) - SECTIONS))
     if unknown:
         raise EmoclipError(f"config {path}: unknown section {', '.join(unknown)}; known: {', '.join(sorted(SECTIONS))}")
     return data or {}
@@ -243,7 +244,12 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
     val_table = compute_features(backbone, val_set.paths, cache)
     for table in (train_table, val_table):
         for i, reason in table.errors.items():
-            log.warning("skipping %s: %s", table.paths[i], reason)
+            log.warning("skipping %s: %s", name_text(table.paths[i]), reason)
+    if len(train_table.ok) and not train_table.ok.any():
+        raise NothingReadableError(f"none of the {len(train_table.ok)} training images could be read (first: "
+                                   f"{name_text(train_table.paths[0])}: {train_table.errors[0]}); nothing to train on")
+    lost = {"train": len(train_table.errors), "val": len(val_table.errors)}
+    listed = {"train": len(train_table.paths), "val": len(val_table.paths)}
     train_xy = _tensors(train_table, labels_of(train_set))
     keep_paths = [str(train_table.paths[i]) for i in range(len(train_table.paths)) if train_table.ok[i]]
     if train_config.target == "votes":
@@ -268,7 +274,8 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
                      extra_meta=meta, train_paths=keep_paths)
 
     training = _select_lr(fit, train_config, out) if train_config.lr_grid else fit(train_config, out)
-    summary = {"method": name, "training": {k: v for k, v in training.items() if k != "history"}, **meta}
+    summary = {"method": name, "training": {k: v for k, v in training.items() if k != "history"}, **meta,
+               "lost": lost, "listed": listed}
 
     eval_split = config.get("eval_split", "test")
     if eval_split and eval_split in data.splits:
@@ -282,6 +289,7 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
                "backbone": backbone.identity(), "taxonomy": taxonomy.name, "label_taxonomy": label_taxonomy.name,
                "training": summary["training"]}
         write_run(result, run, out)
+        lost["test"], listed["test"] = result.metrics["n_failed"], len(test)
         summary["test"] = {"accuracy": result.metrics["accuracy"], "macro_f1": result.metrics["macro_f1"],
                            **{f"{lvl}_accuracy": m["accuracy"] for lvl, m in result.metrics["coarse"].items()}}
         if result.metrics.get("distribution"):

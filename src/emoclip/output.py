@@ -3,6 +3,11 @@
 Formats are a registry: each writer gets the rows one at a time, so JSONL and CSV stream to the
 terminal as images are tagged; a file target is written through ``atomic_write`` and appears only
 when the run finishes.
+
+Every row is valid in its format whatever the file name: paths are written with ``name_text``
+(undecodable bytes and control characters escaped reversibly, so a ``\r`` in a name can never add
+a CSV row and a non-UTF-8 name can never break the writer), non-finite numbers become null, and an
+unknown output suffix is refused rather than silently written as JSON Lines.
 """
 
 from __future__ import annotations
@@ -10,36 +15,42 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 from .atomic import atomic_write
-from .errors import EmoclipError
+from .data.files import name_text
+from .errors import EmoclipError, shorten
 from .predict import Prediction
 
 PROBABILITY_DIGITS = 6
 
 
+def _number(value: float | None) -> float | None:
+    """Rounded, and null where not finite (JSON has no NaN; a row must never be invalid)."""
+    return None if value is None or not math.isfinite(value) else round(value, PROBABILITY_DIGITS)
+
+
 def prediction_record(pred: Prediction) -> dict:
     """The JSON form of a prediction row."""
-    def rounded(d: dict[str, float]) -> dict[str, float]:
-        return {k: round(v, PROBABILITY_DIGITS) for k, v in d.items()}
+    def rounded(d: dict[str, float]) -> dict[str, float | None]:
+        return {k: _number(v) for k, v in d.items()}
 
-    record: dict = {"path": pred.path, "label": pred.label,
-                    "probability": None if pred.probability is None else round(pred.probability, PROBABILITY_DIGITS),
-                    "top_k": [{"label": lbl, "probability": round(p, PROBABILITY_DIGITS)} for lbl, p in pred.top_k],
+    record: dict = {"path": name_text(pred.path), "label": pred.label,
+                    "probability": _number(pred.probability),
+                    "top_k": [{"label": lbl, "probability": _number(p)} for lbl, p in pred.top_k],
                     "distribution": rounded(pred.distribution)}
     for level, dist in pred.levels.items():
         best = max(dist, key=dist.__getitem__)
-        record[level] = {"label": best, "probability": round(dist[best], PROBABILITY_DIGITS),
-                         "distribution": rounded(dist)}
+        record[level] = {"label": best, "probability": _number(dist[best]), "distribution": rounded(dist)}
     if pred.multi is not None:
-        record["multi"] = [{"label": lbl, "probability": round(p, PROBABILITY_DIGITS)} for lbl, p in pred.multi]
+        record["multi"] = [{"label": lbl, "probability": _number(p)} for lbl, p in pred.multi]
     if pred.generated is not None:
         record["generated"] = pred.generated
-    record["error"] = pred.error
+    record["error"] = None if pred.error is None else shorten(pred.error)
     return record
 
 
@@ -64,7 +75,7 @@ class RowWriter:
 
 class JsonlWriter(RowWriter):
     def write(self, pred: Prediction) -> None:
-        self.handle.write(json.dumps(prediction_record(pred), ensure_ascii=False) + "\n")
+        self.handle.write(json.dumps(prediction_record(pred), ensure_ascii=False, allow_nan=False) + "\n")
         self.handle.flush()
 
 
@@ -76,7 +87,7 @@ class JsonWriter(RowWriter):
 
     def write(self, pred: Prediction) -> None:
         self.handle.write(("," if self.count else "") + "\n  " + json.dumps(prediction_record(pred),
-                                                                            ensure_ascii=False))
+                                                                            ensure_ascii=False, allow_nan=False))
         self.count += 1
 
     def finish(self) -> None:
@@ -86,10 +97,8 @@ class JsonWriter(RowWriter):
 def flat_row(pred: Prediction, class_names: Sequence[str], levels: dict[str, Sequence[str]],
              generated: bool = False) -> dict:
     """One flat row (CSV and Parquet): label, probability, top-k, one column per class and level."""
-    def fmt(p: float | None) -> float | None:
-        return None if p is None else round(p, PROBABILITY_DIGITS)
-
-    row: dict = {"path": pred.path, "label": pred.label or "", "probability": fmt(pred.probability),
+    fmt = _number
+    row: dict = {"path": name_text(pred.path), "label": pred.label or "", "probability": fmt(pred.probability),
                  "top_k": "|".join(f"{lbl}:{p:.4f}" for lbl, p in pred.top_k)}
     row.update({f"p_{c}": fmt(pred.distribution.get(c)) for c in class_names})
     for level, names in levels.items():
@@ -100,7 +109,7 @@ def flat_row(pred: Prediction, class_names: Sequence[str], levels: dict[str, Seq
         row["multi"] = "|".join(f"{lbl}:{p:.4f}" for lbl, p in pred.multi)
     if generated:
         row["generated"] = pred.generated or ""
-    row["error"] = pred.error or ""
+    row["error"] = shorten(pred.error) if pred.error else ""
     return row
 
 
@@ -165,10 +174,13 @@ def choose_format(fmt: str | None, output: str | Path | None) -> str:
         if fmt not in WRITERS:
             raise EmoclipError(f"unknown format '{fmt}'; use one of {', '.join(WRITERS)}")
         return fmt
-    if output is not None:
+    if output is not None and str(output) != "-":
         suffix = Path(output).suffix.lower()
         if suffix in _SUFFIX_FORMATS:
             return _SUFFIX_FORMATS[suffix]
+        if suffix:  # out.xml must not silently become JSON Lines; /dev/stdout (no suffix) may
+            raise EmoclipError(f"cannot tell the format of '{name_text(output)}' from '{name_text(suffix)}'; "
+                               f"use a {', '.join(_SUFFIX_FORMATS)} name or give --format")
     return "jsonl"
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import EmoclipError
+from .errors import EmoclipError, short_repr
 from .taxonomy import Taxonomy
+from .userfiles import parse_document, read_text
 
 DEFAULT_TEMPLATES = "feeling"
 
@@ -28,11 +29,21 @@ def template_sets() -> dict[str, tuple[str, ...]]:
     return {name: tuple(items) for name, items in yaml.safe_load(text).items()}
 
 
+def _formats(template: str) -> bool:
+    """True when ``template.format(word)`` works (a stray '{' or '}' would raise mid-run)."""
+    try:
+        template.format("word")
+    except (ValueError, IndexError, KeyError):
+        return False
+    return True
+
+
 def _check(templates: Sequence[str], origin: str) -> tuple[str, ...]:
-    bad = [t for t in templates if t.count("{}") != 1]
+    bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1 or not _formats(t)]
     if bad or not templates:
         raise EmoclipError(f"each template in {origin} needs exactly one '{{}}' for the class word; "
-                           f"bad: {bad[0] if bad else '(none given)'!r}")
+                           f"bad: {short_repr(bad[0]) if bad else '(none given)'} "
+                           "(write a literal brace as '{{' or '}}')")
     return tuple(templates)
 
 
@@ -49,10 +60,15 @@ def resolve_templates(spec: str | Sequence[str] | None) -> tuple[str, ...]:
         return _check([spec], "--templates")
     path = Path(spec).expanduser()
     if path.is_file():
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, "template file")
         if path.suffix.lower() in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-            items = data if isinstance(data, list) else [t for v in data.values() for t in v]
+            data = parse_document(text, ".yaml", str(path), "template file")
+            if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
+                items = [t for v in data.values() for t in v]
+            elif isinstance(data, list):
+                items = data
+            else:
+                raise EmoclipError(f"template file {path} must hold a list of templates (or named lists)")
         else:
             items = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
         return _check(items, str(path))

@@ -2,6 +2,11 @@
 
 The report lists the headline figures, per-class precision/recall/F1, the confusion matrix, and the
 most confident mistakes as thumbnails — the first place to look when a model goes wrong.
+
+A run folder is written as a whole (``atomic.atomic_folder``): the new files are assembled beside
+it and switched in at once, so a run killed mid-way leaves the previous metrics.json, report.md and
+plots together, never new metrics beside an old report. Files in the folder that a run does not
+write (a checkpoint beside its evaluation) are kept. Unreadable images are listed, never dropped.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from .atomic import atomic_folder, atomic_write, atomic_write_bytes, atomic_write_text
+from .data.files import name_text
 from .data.images import load_rgb
 from .errors import ImageDecodeError
 from .evaluate import Evaluation
@@ -95,10 +101,10 @@ def write_predictions(evaluation: Evaluation, path: Path) -> None:
         writer.writerow(["path", "true", "predicted", "probability", *[f"p_{n}" for n in names], "error"])
         for i, p in enumerate(evaluation.paths):
             probs = evaluation.probs[i]
-            writer.writerow([p, names[evaluation.true[i]], names[evaluation.pred[i]], f"{probs.max():.6f}",
+            writer.writerow([name_text(p), names[evaluation.true[i]], names[evaluation.pred[i]], f"{probs.max():.6f}",
                              *[f"{v:.6f}" for v in probs], ""])
         for p, reason in evaluation.failed.items():
-            writer.writerow([p, "", "", "", *[""] * len(names), reason])
+            writer.writerow([name_text(p), "", "", "", *[""] * len(names), reason])
 
 
 def _fmt(value: float) -> str:
@@ -141,14 +147,20 @@ def markdown_report(evaluation: Evaluation, run: dict, mistakes: list[tuple[str,
         lines += [f"| ![]({thumb}) | {names[evaluation.true[i]]} | {names[evaluation.pred[i]]} "
                   f"({evaluation.probs[i].max():.2f}) |" for thumb, i, _ in mistakes]
     if evaluation.failed:
-        lines += ["", "## Unreadable files", ""] + [f"- `{p}`: {r}" for p, r in evaluation.failed.items()]
+        lines += ["", "## Unreadable files", ""] + [f"- `{name_text(p)}`: {r}" for p, r in evaluation.failed.items()]
     return "\n".join(lines) + "\n"
 
 
 def write_run(evaluation: Evaluation, run: dict, out: Path, n_mistakes: int = 12) -> None:
-    """Write metrics.json, predictions.csv, confusion.png, per_class.png, report.md and thumbnails."""
-    out.mkdir(parents=True, exist_ok=True)
-    payload = {"run": run, **evaluation.metrics}
+    """Write metrics.json, predictions.csv, confusion.png, per_class.png, report.md and thumbnails,
+    all switched in together."""
+    with atomic_folder(out) as staging:
+        _write_run_files(evaluation, run, staging, n_mistakes)
+
+
+def _write_run_files(evaluation: Evaluation, run: dict, out: Path, n_mistakes: int) -> None:
+    payload = {"run": run, **evaluation.metrics,
+               "failed": {name_text(p): reason for p, reason in evaluation.failed.items()}}
     atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
     write_predictions(evaluation, out / "predictions.csv")
     title = f"{run.get('name', '')} {evaluation.level.name}".strip()

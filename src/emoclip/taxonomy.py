@@ -15,8 +15,6 @@ File shape::
 
 from __future__ import annotations
 
-import json
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -24,12 +22,13 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from .errors import TaxonomyError
+from .errors import TaxonomyError, short_repr
+from .userfiles import parse_document, read_text
 
 _BUILTIN_PACKAGE = "emoclip.taxonomies"
 _FILE_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
+MAX_NAME_CHARS = 200  # a class name or synonym is a word or a short phrase inside a CLIP prompt
 
 
 @dataclass(frozen=True)
@@ -59,12 +58,14 @@ class Taxonomy:
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.classes]
-        if not names:
-            raise TaxonomyError(f"taxonomy '{self.name}' has no classes; list at least two under 'classes:'")
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if len(names) < 2:
+            raise TaxonomyError(f"taxonomy '{self.name}' has {len(names)} class{'es' * (len(names) != 1)}; "
+                                "list at least two under 'classes:' (one class cannot be told from anything)")
+        folded = [n.casefold() for n in names]
+        duplicates = sorted({n for n in names if folded.count(n.casefold()) > 1})
         if duplicates:
-            raise TaxonomyError(f"taxonomy '{self.name}' lists {', '.join(duplicates)} more than once; "
-                                "give each class once")
+            raise TaxonomyError(f"taxonomy '{self.name}' lists {', '.join(duplicates[:6])} more than once "
+                                "(labels are matched ignoring case); give each class once")
         if self.parent is not None:
             self._check_parents()
 
@@ -79,7 +80,7 @@ class Taxonomy:
             if c.parent not in known:
                 raise TaxonomyError(
                     f"class '{c.name}' of taxonomy '{self.name}' has parent '{c.parent}', which is not a class "
-                    f"of '{self.parent.name}' ({', '.join(self.parent.names)})")
+                    f"of '{self.parent.name}'; use one of {', '.join(self.parent.names)}")
 
     # -- lookup -------------------------------------------------------------------------------------
     @property
@@ -163,55 +164,75 @@ def builtin_taxonomies() -> list[str]:
 
 
 def _read_mapping(text: str, suffix: str, origin: str) -> dict:
-    try:
-        if suffix == ".toml":
-            data = tomllib.loads(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TaxonomyError(f"cannot parse taxonomy file {origin}: {first_line}") from exc
+    data = parse_document(text, suffix, origin, "taxonomy file", TaxonomyError)
     if not isinstance(data, dict):
-        raise TaxonomyError(f"taxonomy file {origin} must hold a mapping with 'name' and 'classes'")
+        raise TaxonomyError(f"taxonomy file {origin} must hold a mapping with 'name' and 'classes'; "
+                            "write it as name: …, classes: [calm, tense, …]")
     return data
 
 
+def _word(value: object, what: str, origin: str) -> str:
+    """A class name, synonym or parent: a non-empty string (YAML's null, numbers, yes/no are refused
+    rather than turned into classes named 'None', '1' or 'True')."""
+    if not isinstance(value, str) or not value.strip():
+        raise TaxonomyError(f"{what} in {origin} must be a non-empty text, got {short_repr(value)}; "
+                            "quote it in YAML")
+    if len(value) > MAX_NAME_CHARS or not value.isprintable():
+        raise TaxonomyError(f"{what} {short_repr(value)} in {origin} must be printable and at most "
+                            f"{MAX_NAME_CHARS} characters; rename it")
+    return value.strip()
+
+
 def _parse_class(entry: object, origin: str) -> EmotionClass:
-    if isinstance(entry, str):
-        return EmotionClass(name=entry.strip())
+    if not isinstance(entry, dict | list):  # a bare name (and a null, number or yes/no is refused there)
+        return EmotionClass(name=_word(entry, "a class name", origin))
     if not isinstance(entry, dict) or "name" not in entry:
-        raise TaxonomyError(f"each class in {origin} must be a name or a mapping with 'name'; got {entry!r}")
+        raise TaxonomyError(f"each class in {origin} must be a name or a mapping with 'name', "
+                            f"got {short_repr(entry)}; write - calm or - {{name: calm}}")
+    unknown = sorted(str(k) for k in entry if k not in ("name", "synonyms", "parent", "aliases"))
+    if unknown:
+        raise TaxonomyError(f"class {short_repr(entry.get('name'))} in {origin} has unknown key "
+                            f"{short_repr(unknown[0])}; a class has name, synonyms, aliases and parent")
+    name = _word(entry["name"], "a class name", origin)
     synonyms = entry.get("synonyms") or ()
     if isinstance(synonyms, str):
         synonyms = [synonyms]
+    if not isinstance(synonyms, list | tuple):
+        raise TaxonomyError(f"synonyms of '{name}' in {origin} must be a list of words, got {short_repr(synonyms)}; "
+                            "write synonyms: [word, …]")
     aliases = entry.get("aliases") or ()
     if isinstance(aliases, str):
         aliases = [aliases]
+    if not isinstance(aliases, list | tuple):
+        raise TaxonomyError(f"aliases of '{name}' in {origin} must be a list of words, got {short_repr(aliases)}; "
+                            "write aliases: [word, …]")
     parent = entry.get("parent")
-    return EmotionClass(name=str(entry["name"]).strip(), synonyms=tuple(str(s) for s in synonyms),
-                        parent=None if parent is None else str(parent), aliases=tuple(str(a) for a in aliases))
+    return EmotionClass(name=name, synonyms=tuple(_word(w, f"a synonym of '{name}'", origin) for w in synonyms),
+                        parent=None if parent is None else _word(parent, f"the parent of '{name}'", origin),
+                        aliases=tuple(_word(a, f"an alias of '{name}'", origin) for a in aliases))
 
 
 def taxonomy_from_dict(data: dict, origin: str = "<dict>", _seen: tuple[str, ...] = (),
                        _base_dir: Path | None = None) -> Taxonomy:
     """Build a taxonomy from its mapping form; ``parent`` may be a name, a file path or a mapping."""
-    name = str(data.get("name") or Path(origin).stem)
+    name = _word(data["name"], "the taxonomy name", origin) if data.get("name") is not None else Path(origin).stem
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise TaxonomyError(f"the description in {origin} must be text, got {short_repr(description)}; quote it")
     if name in _seen:
         cycle = " → ".join((*_seen, name))
         raise TaxonomyError(f"taxonomy parents form a cycle ({cycle}); a coarser level cannot map back")
     raw_classes = data.get("classes")
     if not isinstance(raw_classes, list):
-        raise TaxonomyError(f"taxonomy {origin} needs a 'classes:' list")
+        raise TaxonomyError(f"taxonomy {origin} needs a 'classes:' list; add classes: [calm, tense, …]")
     parent_ref = data.get("parent")
     parent: Taxonomy | None = None
     if isinstance(parent_ref, dict):
         parent = taxonomy_from_dict(parent_ref, origin, (*_seen, name), _base_dir)
-    elif parent_ref:
-        parent = _load(str(parent_ref), (*_seen, name), _base_dir)
+    elif parent_ref is not None:
+        parent = _load(_word(parent_ref, "the parent taxonomy", origin), (*_seen, name), _base_dir)
     return Taxonomy(name=name, classes=tuple(_parse_class(e, origin) for e in raw_classes), parent=parent,
-                    description=str(data.get("description") or ""), source=origin)
+                    description=description, source=origin)
 
 
 def _load(ref: str, seen: tuple[str, ...], base_dir: Path | None) -> Taxonomy:
@@ -222,7 +243,7 @@ def _load(ref: str, seen: tuple[str, ...], base_dir: Path | None) -> Taxonomy:
         if not candidate.is_file():
             raise TaxonomyError(f"taxonomy file '{ref}' does not exist; give a built-in name "
                                 f"({', '.join(builtin_taxonomies())}) or an existing YAML/TOML/JSON file")
-        data = _read_mapping(candidate.read_text(encoding="utf-8"), candidate.suffix.lower(), str(candidate))
+        data = _read_mapping(read_text(candidate, "taxonomy file"), candidate.suffix.lower(), str(candidate))
         return taxonomy_from_dict(data, str(candidate), seen, candidate.parent)
     if ref in builtin_taxonomies():
         text = resources.files(_BUILTIN_PACKAGE).joinpath(f"{ref}.yaml").read_text(encoding="utf-8")
@@ -245,9 +266,10 @@ def load_taxonomy(ref: str | Path | Taxonomy) -> Taxonomy:
 
 def taxonomy_from_labels(labels: Iterable[str], name: str = "custom") -> Taxonomy:
     """An ad-hoc taxonomy from a list of label names (``--labels calm,tense,joyful``)."""
-    classes = tuple(EmotionClass(name=label.strip()) for label in labels if label.strip())
+    classes = tuple(EmotionClass(name=_word(label, "a label", "--labels")) for label in labels if label.strip())
     if len(classes) < 2:
-        raise TaxonomyError("give at least two labels, separated by commas (e.g. --labels calm,tense)")
+        raise TaxonomyError("fewer than two labels given; give at least two labels, separated by commas "
+                            "(e.g. --labels calm,tense)")
     return Taxonomy(name=name, classes=classes)
 
 

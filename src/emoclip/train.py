@@ -15,6 +15,14 @@ CLIP-E paper does); ``early_stopping`` > 0 ends training after that many epochs 
 Targets are class indices, or (``target: votes``) N × C distributions of the annotators' votes: every
 method's loss then is the soft cross-entropy ``-Σ_c p_c log q_c`` (equal to KL(p ‖ q) up to the
 votes' entropy, a constant), while validation still scores the data's single labels.
+
+Crash safety: everything needed to resume — the epoch, the weights, the optimiser and scheduler,
+the best weights so far, the history — is one file, ``last.safetensors`` (the JSON state in its
+metadata), replaced atomically once per epoch: that rename is the epoch's commit point. The files
+derived from it (``model.safetensors``/``model.json``, ``log.jsonl``) follow; a kill between them
+is repaired by ``--resume``, which rewrites them from the state, and ``load_checkpoint`` refuses a
+model whose weights and metadata name different epochs. Resuming checks that the state belongs to
+the same method and options.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from .atomic import atomic_write_text
@@ -40,7 +47,7 @@ from .methods.base import Method
 
 log = logging.getLogger("emoclip")
 STATE_WEIGHTS = "last.safetensors"
-STATE_META = "last.json"
+STATE_FORMAT = "emoclip-train-state"
 LOG_FILE = "log.jsonl"
 
 
@@ -66,17 +73,36 @@ class TrainConfig:
     shots: int = 0               # >0: K training images per class (seeded by `seed`), the few-shot protocol
     target: str = "labels"       # labels | votes (the annotators' vote distribution, soft cross-entropy)
 
+    def __post_init__(self) -> None:
+        """Refuse values that would fail mid-run or train nothing (0 epochs, lr ≤ 0, batch size 0)."""
+        rules = [("epochs", self.epochs >= 1, "at least 1"), ("batch_size", self.batch_size >= 1, "at least 1"),
+                 ("lr", self.lr > 0, "above 0"), ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                 ("weight_decay", self.weight_decay >= 0, "0 or more"), ("step_size", self.step_size >= 1,
+                                                                         "at least 1"),
+                 ("gamma", 0 < self.gamma <= 1, "in (0, 1]"), ("patience", self.patience >= 0, "0 or more"),
+                 ("val_fraction", 0 <= self.val_fraction < 1, "in [0, 1)"),
+                 ("warmup_epochs", self.warmup_epochs >= 0, "0 or more"), ("warmup_lr", self.warmup_lr > 0, "above 0"),
+                 ("early_stopping", self.early_stopping >= 0, "0 or more"), ("shots", self.shots >= 0, "0 or more")]
+        for name, ok, allowed in rules:
+            if not ok:
+                raise EmoclipError(f"training option {name} must be {allowed}, got {getattr(self, name)!r}; "
+                                   f"fix --{name.replace('_', '-')} or the config's train section")
+        _choose(OPTIMIZERS, self.optimizer, "optimizer")
+        _choose(SCHEDULERS, self.scheduler, "scheduler")
+
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> TrainConfig:
+        from .options import check_option_types
+
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - set(fields))
+        unknown = sorted(map(str, set(options) - set(fields)))
         if unknown:
             raise EmoclipError(f"unknown training option {', '.join(unknown)}; known: {', '.join(fields)}")
-        config = cls(**options)
+        config = cls(**check_option_types(cls, options, "training"))
         for name, allowed in (("monitor", MONITORS), ("target", TARGETS)):
             if getattr(config, name) not in allowed:
                 raise EmoclipError(f"training option {name} must be one of {', '.join(allowed)}, "
-                                   f"got '{getattr(config, name)}'")
+                                   f"got '{getattr(config, name)}'; fix it in the config's train section")
         return config
 
 
@@ -136,6 +162,43 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value
     return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def _read_state(path: Path, method: Method, config: TrainConfig) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The saved training state, checked to be whole and to belong to this method and these options."""
+    from .checkpoint import read_tensors
+
+    tensors, metadata = read_tensors(path, "training state")
+    try:
+        state = json.loads(metadata["state"])
+        epoch = int(metadata["epoch"])
+        consistent = (metadata.get("format") == STATE_FORMAT and state["epoch"] == epoch
+                      and len(state["history"]) == epoch + 1 and {"val_accuracy", "epoch"} <= set(state["best"]))
+    except (KeyError, ValueError, TypeError):
+        consistent = False
+    if not consistent:
+        raise EmoclipError(f"training state {path} is damaged; delete it to start over (or run without --resume)")
+    if state["method"] != method.name or state["method_config"] != dataclasses.asdict(method.config):
+        raise EmoclipError(f"{path.parent} holds a {state['method']} run with other method options; resume it with "
+                           "the same --method/--set options, or train into another --out")
+    saved = {k: v for k, v in state["train_config"].items() if k != "epochs"}
+    changed = sorted(k for k, v in dataclasses.asdict(config).items() if k != "epochs" and saved.get(k) != v)
+    if changed:
+        raise EmoclipError(f"{path.parent} was trained with other {', '.join(changed)} "
+                           f"({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}); resume with the same "
+                           "options (only --epochs may change), or train into another --out")
+    return state, tensors
+
+
+def _write_derived(out: Path, method: Method, best_tensors: dict[str, torch.Tensor] | None, best: dict,
+                   history: list[dict], meta: dict, monitor: str) -> None:
+    """The files that follow the committed state: the best model (when it changed) and the log."""
+    if best_tensors is not None and best["epoch"] >= 1:
+        save_checkpoint(out, method, {**meta, "training": {"best_epoch": best["epoch"],
+                                                           "val_accuracy": best["val_accuracy"],
+                                                           "monitor": monitor, "best_value": best.get("value")}},
+                        tensors=best_tensors)
+    atomic_write_text(out / LOG_FILE, "".join(json.dumps(r) + "\n" for r in history))
 
 
 def hard_labels(y: torch.Tensor) -> torch.Tensor:
@@ -201,20 +264,22 @@ def train(method: Method, train_data: tuple[torch.Tensor, torch.Tensor], val_dat
 
     params = method.trainable_parameters()
     if not params:
-        raise EmoclipError(f"method {method.name} has nothing to train")
+        raise EmoclipError(f"method {method.name} has nothing to train; choose another --method or options")
     optimizer = _choose(OPTIMIZERS, config.optimizer, "optimizer")(params, config)
     scheduler = _choose(SCHEDULERS, config.scheduler, "scheduler")(optimizer, config)
     start_epoch, history = 0, []
     best: dict[str, Any] = {"val_accuracy": -1.0, "val_loss": None, "value": None, "epoch": -1, "stale": 0}
 
-    if resume and (out / STATE_META).is_file():
-        state_meta = json.loads((out / STATE_META).read_text())
-        tensors = load_file(str(out / STATE_WEIGHTS))
+    best_tensors = {k: v.detach().clone() for k, v in method.state_dict().items()}
+    if resume and (out / STATE_WEIGHTS).is_file():
+        state, tensors = _read_state(out / STATE_WEIGHTS, method, config)
         method.load_state_dict({k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")})
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, state_meta["optimizer"]))
-        if scheduler is not None and state_meta.get("scheduler") is not None:
-            scheduler.load_state_dict(state_meta["scheduler"])
-        start_epoch, best, history = state_meta["epoch"] + 1, state_meta["best"], state_meta["history"]
+        best_tensors = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+        _write_derived(out, method, best_tensors, best, history, meta, config.monitor)  # repair a kill after commit
         log.info("resuming after epoch %d", start_epoch)
     elif resume:
         log.warning("--resume: no saved state in %s, starting from scratch", out)
@@ -260,17 +325,18 @@ def train(method: Method, train_data: tuple[torch.Tensor, torch.Tensor], val_dat
         improved = len(vy) == 0 or _better(config.monitor, watched, best.get("value"))
         if improved:
             best = {"val_accuracy": val_acc, "val_loss": val_loss, "value": watched, "epoch": epoch + 1, "stale": 0}
-            save_checkpoint(out, method, {**meta, "training": {"best_epoch": epoch + 1, "val_accuracy": val_acc,
-                                                               "monitor": config.monitor, "best_value": watched}})
+            best_tensors = {k: v.detach().clone() for k, v in method.state_dict().items()}
         else:
             best["stale"] = best.get("stale", 0) + 1
         opt_tensors, opt_plain = _flatten_optimizer(optimizer.state_dict())
-        save_tensors({**{f"method.{k}": v for k, v in method.state_dict().items()}, **opt_tensors},
-                     out / STATE_WEIGHTS)
-        atomic_write_text(out / STATE_META, json.dumps({
-            "epoch": epoch, "best": best, "history": history, "optimizer": opt_plain,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None}) + "\n")
-        atomic_write_text(out / LOG_FILE, "".join(json.dumps(r) + "\n" for r in history))
+        state = {"epoch": epoch, "best": best, "history": history, "optimizer": opt_plain,
+                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                 "method": method.name, "method_config": dataclasses.asdict(method.config),
+                 "train_config": dataclasses.asdict(config)}
+        save_tensors({**{f"method.{k}": v for k, v in method.state_dict().items()},
+                      **{f"best.{k}": v for k, v in best_tensors.items()}, **opt_tensors},
+                     out / STATE_WEIGHTS, {"format": STATE_FORMAT, "epoch": str(epoch), "state": json.dumps(state)})
+        _write_derived(out, method, best_tensors if improved else None, best, history, meta, config.monitor)
         if config.early_stopping and best.get("stale", 0) >= config.early_stopping:
             log.info("early stop after epoch %d: %s has not improved for %d epochs", epoch + 1, config.monitor,
                      config.early_stopping)

@@ -8,9 +8,14 @@ Layout: ``<cache_dir>/<backbone-key>/<aa>/<content-digest>.f32`` where
 - the content digest is a BLAKE2b hash of the image file's bytes: a changed file has a new key,
   and a moved or copied file is still a hit.
 
-Each entry is raw float32 written to a temporary file and renamed into place, so a killed run
-leaves no partial entry and two processes writing at once both produce whole files (the last
-rename wins; the contents are identical). An entry of the wrong size is treated as a miss.
+Each entry is raw float32 written to a temporary file (in ``<backbone-key>/tmp``) and renamed into
+place, so a killed run leaves no partial entry and two processes writing at once both produce whole
+files (the last rename wins; the contents are identical); temporaries of killed runs are removed
+when the cache is next opened. An entry of the wrong size, or holding NaN or infinity, is a miss.
+
+The cache is an optimisation, never a reason to fail: a cache that cannot be created or written
+(disk full, read-only, no permission) gives one warning and the run goes on without storing.
+Only regular files are hashed (a FIFO or ``/dev/zero`` would block or never end).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write_text
+from ..atomic import _pid_alive, atomic_write_text
 from ..backbone import Backbone
 from .encode import DEFAULT_BATCH_SIZE, default_workers, iter_encoded
 from .images import DEFAULT_MAX_PIXELS, ImageBytes, ImageSource, as_source
@@ -53,6 +60,8 @@ def content_digest(path: ImageSource) -> str | None:
         digest.update(path.data)
         return digest.hexdigest()
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
@@ -74,10 +83,30 @@ class FeatureCache:
         self.dim = backbone.feature_dim
         self.hits = 0
         self.misses = 0
-        self.dir.mkdir(parents=True, exist_ok=True)
-        meta = self.dir / "backbone.json"
-        if not meta.exists():
-            atomic_write_text(meta, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        self.writable = True
+        self.tmp = self.dir / "tmp"
+        try:
+            self.tmp.mkdir(parents=True, exist_ok=True)
+            meta = self.dir / "backbone.json"
+            if not meta.exists():
+                atomic_write_text(meta, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+            self._remove_stale_temporaries()
+        except OSError as exc:
+            self._stop_writing(exc)
+
+    _TMP_NAME = re.compile(r"^\.[0-9a-f]+\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+    def _remove_stale_temporaries(self) -> None:
+        for entry in os.scandir(self.tmp):
+            match = self._TMP_NAME.match(entry.name)
+            if match and not _pid_alive(int(match.group(1))):
+                Path(entry.path).unlink(missing_ok=True)
+
+    def _stop_writing(self, exc: OSError) -> None:
+        if self.writable:
+            log.warning("feature cache %s cannot be written (%s); going on without storing features "
+                        "(use --cache-dir elsewhere, or --no-cache)", self.dir, exc.strerror or exc)
+        self.writable = False
 
     def _entry(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.f32"
@@ -85,20 +114,29 @@ class FeatureCache:
     def get(self, key: str) -> np.ndarray | None:
         try:
             data = np.fromfile(self._entry(key), dtype=np.float32)
-        except (FileNotFoundError, OSError):
+        except (OSError, ValueError):
             return None
-        return data if data.size == self.dim else None
+        return data if data.size == self.dim and np.isfinite(data).all() else None
 
     def put(self, key: str, feature: np.ndarray) -> None:
+        """Store one feature; a failure (disk full, read-only) warns once and turns storing off."""
+        if not self.writable:
+            return
         target = self._entry(key)
-        target.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=target.parent)
+        tmp = None
         try:
+            target.parent.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{key}.{os.getpid()}.", suffix=".tmp", dir=self.tmp)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(np.ascontiguousarray(feature, dtype=np.float32).tobytes())
             os.replace(tmp, target)
+        except OSError as exc:
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
+            self._stop_writing(exc)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
             raise
 
 

@@ -19,12 +19,18 @@ vote distribution). Sources are a registry keyed by layout (``--layout``; inferr
 
 Labels are kept as the data spells them and resolved through the taxonomy (names, aliases,
 synonyms, any case) when they are used; an unknown one is an error naming the label and the file.
+Listed image paths must stay inside ``--root``: an absolute path or one that climbs out with ``..``
+is refused (a shared split file must not make emoclip read arbitrary files). Split files are read
+as UTF-8 tables of bounded size; names use ``files.name_text``'s escapes, so any file name a split
+file lists round-trips exactly.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,9 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EmoclipError, TaxonomyError
+from ..errors import EmoclipError, TaxonomyError, short_repr
 from ..taxonomy import Taxonomy
-from .files import IMAGE_SUFFIXES
+from ..userfiles import MAX_TABLE_BYTES, read_text
+from .files import IMAGE_SUFFIXES, name_from_text, name_text, walk_images
 
 SPLIT_FOLDER_NAMES = ("train", "val", "validation", "test")
 # A fold is a folder or list file whose whole name is an optional word and a number.
@@ -110,16 +117,22 @@ class Dataset:
 
 # -- reading tables ------------------------------------------------------------------------------
 def _read_table(path: Path) -> list[list[str]]:
-    """Rows of a CSV/TSV/space-separated file, cells stripped of blanks and quotes ('x' or "x")."""
-    text = path.read_text(encoding="utf-8-sig")
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise EmoclipError(f"{path} is empty")
-    first = lines[0]
+    """Rows of a CSV/TSV/space-separated file, cells stripped of blanks and quotes ('x' or "x").
+
+    The file is bounded UTF-8 text (``userfiles.read_text``); CSV/TSV cells may be quoted and then
+    hold any character, a line break included (names are written with ``files.name_text``).
+    """
+    text = read_text(path, "table", MAX_TABLE_BYTES)
+    first = next((line for line in text.splitlines() if line.strip()), None)
+    if first is None:
+        raise EmoclipError(f"{path} is empty; it needs a row per image: image, label[, split]")
     delimiter = "\t" if "\t" in first else "," if "," in first else None
-    rows = (csv.reader(lines, delimiter=delimiter, quotechar='"') if delimiter
-            else (line.split() for line in lines))
-    return [[cell.strip().strip("'\"").strip() for cell in row] for row in rows if any(c.strip() for c in row)]
+    try:
+        rows = (csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar='"', strict=True)
+                if delimiter else (line.split() for line in text.splitlines()))
+        return [[cell.strip().strip("'\"").strip() for cell in row] for row in rows if any(c.strip() for c in row)]
+    except csv.Error as exc:
+        raise EmoclipError(f"cannot read table {path}: {exc}; check its quoting") from None
 
 
 def _looks_like_image(cell: str) -> bool:
@@ -147,6 +160,7 @@ class ImageIndex:
                 self.by_name.setdefault(p.stem.lower(), []).append(p)  # tables that list ids without a suffix
 
     def find(self, key: str, origin: str) -> Path | None:
+        listed_path(self.root, key, origin)  # an absolute path or a '..' escape is refused, never looked up
         key = key.strip().replace("\\", "/")
         direct = self.root / key
         if "/" in key and direct.is_file():
@@ -204,12 +218,26 @@ def _labels_from_table(label_file: Path, images: Sequence[Path], root: Path, spl
 
 # -- sources -------------------------------------------------------------------------------------
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
+    return walk_images(folder)  # what it passes over is counted in a warning
+
 
 
 def _subfolders(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def listed_path(root: Path, listed: str, origin: str) -> Path:
+    """``root / listed`` for a path from a split file or manifest, refused if it leaves ``root``."""
+    relative = name_from_text(listed.strip())
+    if not relative:
+        raise EmoclipError(f"{origin}: an image path is empty; list each image relative to --root")
+    if os.path.isabs(relative) or relative.startswith("~"):
+        raise EmoclipError(f"{origin}: image path '{name_text(relative)}' is absolute; list images relative to "
+                           f"--root ({name_text(root)})")
+    if ".." in Path(relative).parts:
+        raise EmoclipError(f"{origin}: image path '{name_text(relative)}' climbs out of --root with '..'; list "
+                           "images inside --root (or point --root higher)")
+    return root / relative
 
 
 def _class_folder_samples(root: Path, split: str | None) -> list[Sample]:
@@ -241,7 +269,7 @@ def from_split_folders(root: Path, **_) -> Dataset:
             split = "val" if d.name.lower() == "validation" else d.name.lower()
             samples += _class_folder_samples(d, split)
     if not samples:
-        raise EmoclipError(f"no images under {root}/{{train,val,test}}/<class>/")
+        raise EmoclipError(f"no images under {root}/{{train,val,test}}/<class>/; check --root and --layout")
     return Dataset(root.name, samples, source=str(root))
 
 
@@ -253,13 +281,14 @@ def _list_file_samples(path: Path, base: Path, split: str | None, index: ImageIn
         rows = rows[1:]
     samples = []
     for n, fields in enumerate(rows, 1):
-        image = (index.find(fields[0], str(path)) if index else None) or base / fields[0]
+        checked = listed_path(base, fields[0], f"{path}:{n}")  # never outside --root
+        image = (index.find(fields[0], str(path)) if index else None) or checked
         if len(fields) >= 2:
             samples.append(Sample(image, fields[1], split))
         elif labels is not None and image in labels:
             samples.append(Sample(image, labels[image], split))
         else:
-            raise EmoclipError(f"{path}:{n}: expected 'image<TAB>label', got {fields!r} "
+            raise EmoclipError(f"{path}:{n}: expected 'image<TAB>label', got {short_repr(fields)}; fix that row "
                                "(or give --label-file with the labels)")
     return samples
 
@@ -267,7 +296,7 @@ def _list_file_samples(path: Path, base: Path, split: str | None, index: ImageIn
 def from_split_file(root: Path, split_file: Path | None = None, **_) -> Dataset:
     """``image, label, split`` rows (header optional; tab or comma separated), paths relative to root."""
     if split_file is None:
-        raise EmoclipError("the split-file layout needs --split-file")
+        raise EmoclipError("the split-file layout needs a split file; give --split-file FILE")
     rows = _read_table(split_file)
     header = [h.strip("[] ").lower() for h in rows[0]]
     if _is_header(rows[0]) and any(h in _LABEL_WORDS for h in header):
@@ -280,9 +309,13 @@ def from_split_file(root: Path, split_file: Path | None = None, **_) -> Dataset:
     samples = []
     for n, row in enumerate(rows, 2):
         if len(row) <= max(image_col, label_col):
-            raise EmoclipError(f"{split_file}:{n}: expected image, label and split columns, got {row!r}")
+            raise EmoclipError(f"{split_file}:{n}: expected image, label and split columns, got {short_repr(row)}; "
+                               "fix that row")
         split = row[split_col].strip() if split_col is not None and split_col < len(row) else None
-        samples.append(Sample(root / row[image_col].strip(), row[label_col].strip(), split or None))
+        samples.append(Sample(listed_path(root, row[image_col], f"{split_file}:{n}"), row[label_col].strip(),
+                              split or None))
+    if not samples:
+        raise EmoclipError(f"{split_file} lists no images (only a header); it needs a row per image")
     dataset = Dataset(split_file.parent.name, samples, source=str(split_file))
     votes_file = split_file.parent / "ground_truth.txt"
     return attach_votes(dataset, votes_file, root) if votes_file.is_file() else dataset
@@ -355,28 +388,28 @@ def _manifest_entries(data: object, origin: Path) -> list[tuple[str, str, str | 
             image = entry.get("image") or entry.get("path") or entry.get("file")
             label = entry.get("label") or entry.get("emotion")
             if image is None or label is None:
-                raise EmoclipError(f"{origin}: every entry needs 'image' and 'label'; got {entry!r}")
+                raise EmoclipError(f"{origin}: every entry needs 'image' and 'label'; got {short_repr(entry)}")
             out.append((str(image), str(label), entry.get("split")))
         else:
-            raise EmoclipError(f"{origin}: cannot read entry {entry!r}; use {{'image':…, 'label':…}}")
+            raise EmoclipError(f"{origin}: cannot read entry {short_repr(entry)}; use {{'image':…, 'label':…}}")
     return out
 
 
 def _read_json(path: Path) -> object:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EmoclipError(f"cannot read {path}: {exc}") from None
+        return json.loads(read_text(path, "manifest", MAX_TABLE_BYTES))
+    except json.JSONDecodeError as exc:
+        raise EmoclipError(f"cannot read {path}: {exc}; fix its JSON") from None
 
 
 def from_manifest(root: Path, manifests: Sequence[Path] = (), **_) -> Dataset:
     """JSON manifests; a file named train/val/test.json gives its split to entries without one."""
     if not manifests:
-        raise EmoclipError("the manifest layout needs --manifest FILE (repeatable)")
+        raise EmoclipError("the manifest layout needs a manifest; give --manifest FILE (repeatable)")
     samples = []
     for manifest in manifests:
         default_split = manifest.stem.lower() if manifest.stem.lower() in SPLIT_FOLDER_NAMES else None
-        samples += [Sample(root / image, label, split or default_split)
+        samples += [Sample(listed_path(root, image, str(manifest)), label, split or default_split)
                     for image, label, split in _manifest_entries(_read_json(manifest), manifest)]
     return Dataset(root.name, samples, source=", ".join(map(str, manifests)))
 
@@ -561,10 +594,10 @@ def open_dataset(root: str | Path | None = None, split_file: str | Path | None =
     if base is None:
         raise EmoclipError("give the data: --root DIR (class folders), with --split-file FILE or --manifest FILE")
     if not base.is_dir():
-        raise EmoclipError(f"data folder {base} does not exist")
+        raise EmoclipError(f"data folder {base} does not exist; check --root")
     for f in [split_path, *manifest_paths, label_path, votes_path]:
         if f is not None and not f.is_file():
-            raise EmoclipError(f"{f} does not exist")
+            raise EmoclipError(f"{f} does not exist or is not a regular file; check the path")
     if layout is None:
         layout = ("split-file" if split_path else "manifest" if manifest_paths else
                   "abstract" if votes_path and label_path is None and not _subfolders(base)
@@ -576,13 +609,14 @@ def open_dataset(root: str | Path | None = None, split_file: str | Path | None =
                               votes_file=votes_path, split_seed=split_seed)
     dataset = _apply_fold(dataset, fold)
     dataset.extra.setdefault("layout", layout)
-    missing = [s.path for s in dataset.samples[:1000] if not s.path.exists()]
-    if missing:
-        raise EmoclipError(f"{len(missing)} listed images do not exist (first: {missing[0]}); "
+    checked = dataset.samples[:1000]
+    missing = [s.path for s in checked if not os.path.lexists(s.path)]
+    if missing and len(missing) == len(checked):  # none there: the wrong --root, not a few lost files
+        raise EmoclipError(f"{len(missing)} listed images do not exist (first: {name_text(missing[0])}); "
                            "is --root the folder the listed paths are relative to?")
     if votes_path is not None and layout != "abstract":
         dataset = attach_votes(dataset, votes_path, base)
-    return dataset
+    return dataset  # a few missing images become error rows, counted as lost (exit status 1)
 
 
 # -- vote distributions --------------------------------------------------------------------------
@@ -675,7 +709,7 @@ def write_split_file(dataset: Dataset, path: Path, root: Path) -> None:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(["image", "label", "split"])
         for s in dataset.samples:
-            writer.writerow([s.path.relative_to(root).as_posix(), s.label, s.split or ""])
+            writer.writerow([name_text(s.path.relative_to(root).as_posix()), s.label, s.split or ""])
 
 
 def stratified_folds(dataset: Dataset, folds: int, seed: int = 0) -> Dataset:

@@ -60,7 +60,7 @@ class EncodedBatch:
 
 def _decode(backbone: Backbone, path: ImageSource, max_pixels: int | None, draft: int | None) -> torch.Tensor | str:
     try:
-        return backbone.preprocess(load_rgb(path, max_pixels, draft))
+        return backbone.preprocess(load_rgb(path, max_pixels, draft, resize_to=backbone.spec.input_size))
     except ImageDecodeError as exc:
         return str(exc)
     except Exception as exc:  # one unexpected failure must not sink the batch

@@ -10,6 +10,8 @@ the failure and goes on.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,10 @@ from ..errors import ImageDecodeError
 DEFAULT_MAX_PIXELS = 89_478_485
 _BACKGROUND = (255, 255, 255)
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+# The side CLIP models resize the short side to (ViT-B/32: 224); callers pass the model's own.
+DEFAULT_RESIZE_TO = 224
+_FILE_KINDS = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a named pipe (FIFO)", stat.S_ISCHR: "a character device",
+               stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
 
 # emoclip enforces its own pixel limit (load_rgb refuses larger images with a reason), so Pillow's
 # warning is redundant; filtered once here because catch_warnings is not thread-safe.
@@ -82,13 +88,40 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
+def regular_file_size(path: str | Path) -> int:
+    """The size of a regular file; anything else (a FIFO would block, /dev/zero never ends) is refused
+    with a reason *before* it is opened."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _FILE_KINDS.items() if test(info.st_mode)), "not a regular file")
+        raise ImageDecodeError(f"not a regular file ({kind}); only image files are read")
+    return info.st_size
+
+
+def check_resized_size(width: int, height: int, max_pixels: int | None, resize_to: int | None) -> None:
+    """Refuse a shape whose picture *after* the model's resize (short side → ``resize_to``) would
+    exceed ``max_pixels``: a 123-byte 1×10000 PNG becomes 224×2,240,000 pixels there."""
+    if max_pixels is None or not resize_to or min(width, height) <= 0:
+        return
+    scale = resize_to / min(width, height)
+    resized = (round(width * scale), round(height * scale))
+    if resized[0] * resized[1] > max_pixels:
+        raise ImageDecodeError(
+            f"image shape {width}x{height} is too elongated: the model's resize would make it "
+            f"{resized[0]}x{resized[1]} = {resized[0] * resized[1]:,} pixels (limit {max_pixels:,}); crop it, "
+            "or raise --max-pixels if you trust it")
+
+
 def uses_draft(img: Image.Image, draft: int | None) -> bool:
     """Whether ``img`` (opened, not loaded) decodes at reduced size: a JPEG at least twice ``draft``."""
     return bool(draft) and img.format == "JPEG" and min(img.size) >= 2 * draft
 
 
-def load_rgb(path: str | Path | ImageBytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: int | None = None
-             ) -> Image.Image:
+def load_rgb(path: str | Path | ImageBytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: int | None = None,
+             resize_to: int | None = DEFAULT_RESIZE_TO) -> Image.Image:
     """Decode ``path`` (a file, or an ``ImageBytes``) into an upright RGB image, or raise
     ``ImageDecodeError`` with the reason.
 
@@ -96,16 +129,14 @@ def load_rgb(path: str | Path | ImageBytes, max_pixels: int | None = DEFAULT_MAX
     whose sides are both at least twice ``draft`` decodes at 1/2, 1/4 or 1/8 scale in the DCT while
     both sides stay at least ``draft`` pixels — a 12-megapixel photo decodes ~4x faster, and the
     model's resize shrinks it anyway. Smaller JPEGs and other formats decode exactly.
+    ``resize_to`` is the model's input side: the picture it will become is bounded by
+    ``max_pixels`` too. Only regular files are opened.
     """
     source = as_source(path)
     if isinstance(source, ImageBytes):
         size, opened = len(source.data), io.BytesIO(source.data)
     else:
-        try:
-            size = source.stat().st_size
-        except OSError as exc:
-            raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}") from None
-        opened = source
+        size, opened = regular_file_size(source), source
     if size == 0:
         raise ImageDecodeError("empty file (0 bytes)")
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated image is an error, never a half-grey picture
@@ -119,6 +150,7 @@ def load_rgb(path: str | Path | ImageBytes, max_pixels: int | None = DEFAULT_MAX
                 raise ImageDecodeError(
                     f"image too large ({width}x{height} = {width * height:,} pixels, limit {max_pixels:,}); "
                     "possible decompression bomb — raise --max-pixels if you trust it")
+            check_resized_size(width, height, max_pixels, resize_to)
             if getattr(img, "is_animated", False):
                 img.seek(0)
             if uses_draft(img, draft):

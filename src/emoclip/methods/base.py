@@ -127,7 +127,9 @@ def make_config(cls: type[Method], options: dict[str, Any] | None) -> MethodConf
     if unknown:
         raise EmoclipError(f"method '{cls.name}' has no option {', '.join(unknown)}; its options: "
                            f"{', '.join(sorted(fields)) or 'none'}")
-    return cls.Config(**options)
+    from ..options import check_option_types
+
+    return cls.Config(**check_option_types(cls.Config, options, f"method '{cls.name}'"))
 
 
 def create_method(name: str, backbone: Backbone, taxonomy: Taxonomy, options: dict[str, Any] | None = None
