@@ -100,7 +100,8 @@ def _with_target(exc: OSError, target: Path) -> OSError:
     return exc
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (a no-op where a folder cannot be opened)."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -142,7 +143,7 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
@@ -234,7 +235,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
                 os.rename(target, backup)
                 os.rename(staging, target)
                 shutil.rmtree(backup, ignore_errors=True)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException as exc:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -157,8 +157,15 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _usage_line(exc: click.UsageError) -> str:
+    """Click's own refusal (a bad option value, a missing argument) as emoclip's one line, with the fix."""
+    where = f"`{exc.ctx.command_path} --help`" if exc.ctx is not None else "`emoclip --help`"
+    return f"emoclip: error: {shorten(exc.format_message()).rstrip('.')}; see {where} for the options"
+
+
 class _Group(click.Group):
-    """Every command runs inside ``_handle_errors``, with SIGTERM handled like Ctrl-C."""
+    """Every command runs inside ``_handle_errors``, with SIGTERM handled like Ctrl-C; click's own
+    usage errors become one ``emoclip: error:`` line too (exit 2), never click's multi-line block."""
 
     def invoke(self, ctx: click.Context):
         _DEBUG[0] = bool(ctx.params.get("debug"))
@@ -167,6 +174,9 @@ class _Group(click.Group):
             previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             return _handle_errors(super().invoke)(ctx)
+        except click.UsageError as exc:
+            click.echo(_usage_line(exc), err=True)
+            sys.exit(EXIT_USAGE)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

@@ -25,14 +25,13 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from .atomic import atomic_write, atomic_write_bytes, atomic_write_text, fsync_dir
 from .errors import EmoclipError
 from .sources import InputSet, Item, Loaded, tag_items
 
@@ -153,15 +152,6 @@ def job_options(config: TaggerConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in RUNTIME_ONLY_OPTIONS}
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform/filesystem can open a folder
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 @contextlib.contextmanager
 def _exclusive(folder: Path) -> Iterator[None]:
     """Hold a lock on the folder so two runs never interleave commits (released by the OS on kill)."""
@@ -248,7 +238,7 @@ class ShardFolder:
 
     def commit(self, result: ShardResult) -> None:
         atomic_write_bytes(self.folder / shard_file_name(result.index), result.parquet)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         self.manifest["done"][str(result.index)] = {"rows": result.rows, "errors": result.errors,
                                                      "seconds": round(result.seconds, 3)}
         self.manifest["complete"] = len(self.manifest["done"]) == self.manifest["shards"]
@@ -259,7 +249,7 @@ class ShardFolder:
 
     def _save(self) -> None:
         atomic_write_text(self.manifest_path, json.dumps(self.manifest, sort_keys=True) + "\n")
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
 
     def _remove_temporaries(self) -> None:
         for tmp in self.folder.glob(".*.tmp"):  # what a killed atomic_write left behind

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from .data.files import IMAGE_SUFFIXES, collect_images
+from .data import files as input_files
+from .data.files import IMAGE_SUFFIXES
 from .data.images import ImageBytes
 from .errors import EmoclipError
 
@@ -192,19 +193,19 @@ def collect_inputs(paths: Sequence[str], files_from: str | None = None,
             raise EmoclipError(f"tar shard '{name}' does not exist; check the pattern (brace ranges like "
                                "{00000..00099} are expanded by emoclip: quote them)")
     if plain:
-        for p in collect_images(plain):
+        for p in input_files.collect_images(plain):
             items.append(Item(name=str(p), path=str(p)))
-            digest.update(_stamp(str(p)).encode() + b"\n")
+            digest.update(_stamp(str(p)).encode("utf-8", "surrogateescape") + b"\n")  # names may not be UTF-8
     for name in tars:
-        digest.update(f"tar\0{_stamp(name)}\n".encode())
+        digest.update(f"tar\0{_stamp(name)}\n".encode("utf-8", "surrogateescape"))
         members = index_tar(name)
         items.extend(members)
         for item in members:
-            digest.update(f"{item.name}\0{item.offset}\0{item.size}\n".encode())
+            digest.update(f"{item.name}\0{item.offset}\0{item.size}\n".encode("utf-8", "surrogateescape"))
     if files_from:
         for p in read_path_list(files_from, path_column):
             items.append(Item(name=p, path=p))
-            digest.update(_stamp(p).encode() + b"\n")
+            digest.update(_stamp(p).encode("utf-8", "surrogateescape") + b"\n")
     extra: tuple[str, ...] = ()
     if tars:
         extra = ("key", "caption") if any(i.caption is not None for i in items) else ("key",)

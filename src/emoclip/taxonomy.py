@@ -183,6 +183,17 @@ def _word(value: object, what: str, origin: str) -> str:
     return value.strip()
 
 
+def _word_list(entry: dict, key: str, name: str, origin: str) -> list | tuple:
+    """A class's ``synonyms``/``aliases``: one word or a list of words (each checked by ``_word`` later)."""
+    words = entry.get(key) or ()
+    if isinstance(words, str):
+        words = [words]
+    if not isinstance(words, list | tuple):
+        raise TaxonomyError(f"{key} of '{name}' in {origin} must be a list of words, got {short_repr(words)}; "
+                            f"write {key}: [word, …]")
+    return words
+
+
 def _parse_class(entry: object, origin: str) -> EmotionClass:
     if not isinstance(entry, dict | list):  # a bare name (and a null, number or yes/no is refused there)
         return EmotionClass(name=_word(entry, "a class name", origin))
@@ -194,18 +205,8 @@ def _parse_class(entry: object, origin: str) -> EmotionClass:
         raise TaxonomyError(f"class {short_repr(entry.get('name'))} in {origin} has unknown key "
                             f"{short_repr(unknown[0])}; a class has name, synonyms, aliases and parent")
     name = _word(entry["name"], "a class name", origin)
-    synonyms = entry.get("synonyms") or ()
-    if isinstance(synonyms, str):
-        synonyms = [synonyms]
-    if not isinstance(synonyms, list | tuple):
-        raise TaxonomyError(f"synonyms of '{name}' in {origin} must be a list of words, got {short_repr(synonyms)}; "
-                            "write synonyms: [word, …]")
-    aliases = entry.get("aliases") or ()
-    if isinstance(aliases, str):
-        aliases = [aliases]
-    if not isinstance(aliases, list | tuple):
-        raise TaxonomyError(f"aliases of '{name}' in {origin} must be a list of words, got {short_repr(aliases)}; "
-                            "write aliases: [word, …]")
+    synonyms = _word_list(entry, "synonyms", name, origin)
+    aliases = _word_list(entry, "aliases", name, origin)
     parent = entry.get("parent")
     return EmotionClass(name=name, synonyms=tuple(_word(w, f"a synonym of '{name}'", origin) for w in synonyms),
                         parent=None if parent is None else _word(parent, f"the parent of '{name}'", origin),

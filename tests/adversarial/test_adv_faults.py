@@ -192,7 +192,7 @@ def test_output_where_a_file_or_folder_is_in_the_way_is_refused(labelled, tmp_pa
         outcome = cli("predict", *images, *TINY, *LABELS, "-o", tmp_path / target)
     if target.startswith("file.txt"):
         assert_refused(outcome, pattern)
-    else:  # click refuses these itself, before emoclip runs: "Error: Invalid value for '--out': …"
+    else:  # click refuses these itself, before emoclip runs, in emoclip's one-line form
         assert_usage_error(outcome, pattern)
     assert (tmp_path / "file.txt").read_text() == "x" and (tmp_path / "run_as_file").read_text() == "x"
 
