@@ -9,7 +9,6 @@ through transformers and returns the identity a checkpoint records.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EmoclipError, WeightsUnavailableError
-from .weights import ensure_offline_when_unreachable
+from .weights import ensure_offline_when_unreachable, file_fingerprint
 
 log = logging.getLogger("emoclip")
 DEFAULT_BART = "facebook/bart-base"
@@ -94,11 +93,7 @@ def _fingerprint(folder: Path) -> str:
     for name in _WEIGHT_FILES:
         file = folder / name
         if file.is_file():
-            digest = hashlib.sha256()
-            with open(file, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(block)
-            return "sha256:" + digest.hexdigest()
+            return "sha256:" + file_fingerprint(file)
     return "config-only"
 
 
