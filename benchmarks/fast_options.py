@@ -31,10 +31,10 @@ def main() -> None:
     import torch
 
     from emoclip import ZeroShotClassifier, load_backbone, load_taxonomy
-    from emoclip.data.cache import compute_features
-    from emoclip.data.files import collect_images
-    from emoclip.hardware import cpu_info, describe
-    from emoclip.precision import resolved_for_this_machine
+    from emoclip.core.files import collect_images
+    from emoclip.core.hardware import cpu_info, describe
+    from emoclip.encoder.cache import compute_features
+    from emoclip.encoder.precision import resolved_for_this_machine
 
     paths = collect_images([args.images])
     paths = paths[:: max(1, len(paths) // args.limit)][: args.limit]  # spread over the classes

@@ -36,11 +36,11 @@ def main() -> None:
     import torch
 
     from emoclip import load_backbone, load_taxonomy
-    from emoclip.data.cache import compute_features
-    from emoclip.data.dataset import open_dataset
-    from emoclip.data.images import load_rgb
+    from emoclip.datasets.dataset import open_dataset
+    from emoclip.encoder.cache import compute_features
+    from emoclip.encoder.decode import load_rgb
     from emoclip.methods import create_method
-    from emoclip.train import TrainConfig, train
+    from emoclip.training.trainer import TrainConfig, train
 
     split = Path(args.split_file)
     if not split.is_file():

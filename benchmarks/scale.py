@@ -78,10 +78,10 @@ def main() -> None:
     import pandas as pd
     import ray
 
-    from emoclip.hardware import cpu_info
-    from emoclip.shards import run_sharded
-    from emoclip.sources import collect_inputs
-    from emoclip.tagging import TaggerConfig
+    from emoclip.core.hardware import cpu_info
+    from emoclip.tagging.config import TaggerConfig
+    from emoclip.tagging.inputs import collect_inputs
+    from emoclip.tagging.shards import run_sharded
 
     work = Path(tempfile.mkdtemp(prefix="emoclip-scale-"))
     images = work / "images"
@@ -113,7 +113,7 @@ def main() -> None:
           f"{per_actor:.2f} img/s per actor while tagging ({actors} actor(s) of {args.cpus_per_actor:g} CPU)")
 
     out = work / "killed"
-    command = [sys.executable, "-c", "from emoclip.cli import main; main()", "predict", str(images),
+    command = [sys.executable, "-c", "from emoclip.cli.main import main; main()", "predict", str(images),
                "--model", args.model, "--pretrained", "random", "--device", "cpu", "--no-cache",
                "--shard-size", str(args.shard_size), "--no-progress", "--output-dir", str(out)]
     ran = kill_at_half(command, out, shards)

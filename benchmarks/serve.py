@@ -69,8 +69,8 @@ def bad_uploads(folder: Path) -> list[tuple[str, bytes, int]]:
 
 def cli_rate(paths: list[str], model: str, pretrained: str, batch: int | None) -> dict:
     """`emoclip predict`'s path on ``paths`` (model loaded first, not timed): images/s."""
-    from emoclip.output import open_writer
-    from emoclip.tagging import TaggerConfig, build_tagger
+    from emoclip.tagging.config import TaggerConfig, build_tagger
+    from emoclip.tagging.writers import open_writer
 
     tagger = build_tagger(TaggerConfig(model=model, pretrained=pretrained, device="cpu", no_cache=True,
                                        batch_size=batch))
@@ -87,7 +87,7 @@ def cli_rate(paths: list[str], model: str, pretrained: str, batch: int | None) -
 
 def start_server(model: str, pretrained: str, max_batch: int | None, max_wait_ms: float) -> tuple[subprocess.Popen,
                                                                                                       str]:
-    command = [sys.executable, "-m", "emoclip.cli", "serve", "--model", model, "--pretrained", pretrained,
+    command = [sys.executable, "-m", "emoclip", "serve", "--model", model, "--pretrained", pretrained,
                "--device", "cpu", "--no-cache", "--host", "127.0.0.1", "--port", "0",
                "--max-upload-bytes", str(MAX_UPLOAD_BYTES), "--max-wait-ms", str(max_wait_ms)]
     if max_batch:
@@ -142,8 +142,8 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     args = parser.parse_args()
 
-    from emoclip.data.files import collect_images
-    from emoclip.hardware import cpu_info
+    from emoclip.core.files import collect_images
+    from emoclip.core.hardware import cpu_info
 
     work = Path(tempfile.mkdtemp(prefix="emoclip-serve-bench-"))
     source = args.images if Path(args.images).is_dir() else "synthetic"

@@ -115,8 +115,8 @@ def emoclip_tagging(paths: list[str], out: str, device: str, options: dict) -> d
     """emoclip's own path: build_tagger(TaggerConfig) and Tagger.tag, as `emoclip predict` runs it."""
     import torch
 
-    from emoclip.output import open_writer
-    from emoclip.tagging import TaggerConfig, build_tagger
+    from emoclip.tagging.config import TaggerConfig, build_tagger
+    from emoclip.tagging.writers import open_writer
 
     config = TaggerConfig(model=MODEL, pretrained="random", device=device, taxonomy="emotionroi6",
                           templates=TEMPLATE, no_cache=True, **options)
@@ -140,8 +140,8 @@ def profile(paths: list[str], device: str) -> dict:
     mode, and the image encoder alone at the CPU batch size in each precision."""
     import torch
 
-    from emoclip.backbone import load_backbone
-    from emoclip.data.images import load_rgb
+    from emoclip.encoder.backbone import load_backbone
+    from emoclip.encoder.decode import load_rgb
 
     sample = paths[: min(len(paths), 16)]
     result = {}
@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    from emoclip.hardware import cpu_info, describe
+    from emoclip.core.hardware import cpu_info, describe
 
     work = tempfile.mkdtemp(prefix="emoclip-bench-")
     if args.photos:
@@ -179,7 +179,7 @@ def main() -> None:
         print(f"{len(paths)} synthesised {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs ({size:.1f} MB each, "
               f"{time.perf_counter() - started:.0f} s to make) in {work}")
     else:
-        from emoclip.data.files import collect_images
+        from emoclip.core.files import collect_images
 
         paths = [str(p) for p in collect_images([args.images])]
         paths = paths[:: max(1, len(paths) // args.limit)][: args.limit]  # spread over the classes

@@ -3,7 +3,7 @@
 Real BART weights cannot be downloaded here, and the compute does not depend on their values: the
 BART is built offline from a ``BartConfig`` with facebook/bart-base's architecture (6+6 layers, width
 768, the 50,265-entry output layer; ``BartConfig()``'s bare defaults are bart-large's) with a
-word-level tokenizer of emoclip's words (``emoclip.random_bart``).
+word-level tokenizer of emoclip's words (``emoclip.methods.ugrie.random_bart``).
 Image features come from ViT-B/32 with random weights through the feature cache (encoded once; the
 one-time encoding is reported apart, as every epoch reads the cache), or ``--features random``
 (unit vectors of the same width: the same epoch compute without the encoding).
@@ -50,13 +50,13 @@ def main() -> None:
     import torch.nn.functional as F
 
     from emoclip import load_backbone, load_taxonomy
-    from emoclip.data.cache import FeatureCache, compute_features, default_cache_dir
-    from emoclip.data.dataset import open_dataset
-    from emoclip.experiment import _train_val
-    from emoclip.hardware import cpu_info, describe
+    from emoclip.core.hardware import cpu_info, describe
+    from emoclip.datasets.dataset import open_dataset
+    from emoclip.encoder.cache import FeatureCache, compute_features, default_cache_dir
     from emoclip.methods import create_method
-    from emoclip.random_bart import save_random_bart
-    from emoclip.train import TrainConfig, train
+    from emoclip.methods.ugrie.random_bart import save_random_bart
+    from emoclip.training.experiment import _train_val
+    from emoclip.training.trainer import TrainConfig, train
 
     taxonomy = load_taxonomy("emotionroi6")
     config = TrainConfig(epochs=1, batch_size=args.batch_size, optimizer="adamw", lr=1e-4, weight_decay=0.01)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emoclip.backbone import load_backbone
+from emoclip.encoder.backbone import load_backbone
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 # Tests never touch the user's feature cache; subprocesses inherit this.
@@ -78,7 +78,7 @@ def tiny_other(tiny, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_bart(tmp_path_factory) -> Path:
     """A tiny random BART (from a BartConfig) and a word-level tokenizer built offline from emoclip's words."""
-    from emoclip.random_bart import save_random_bart
+    from emoclip.methods.ugrie.random_bart import save_random_bart
 
     return save_random_bart(tmp_path_factory.mktemp("bart") / "tiny", "tiny")
 
@@ -141,7 +141,7 @@ def run_cli(*args):
     """Invoke the emoclip CLI in-process; arguments may be paths or numbers."""
     from click.testing import CliRunner
 
-    from emoclip.cli import main
+    from emoclip.cli.main import main
 
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 

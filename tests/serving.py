@@ -14,7 +14,7 @@ from emoclip.serve.app import create_app
 from emoclip.serve.server import bind_socket, make_server, url_of
 from emoclip.serve.settings import ServeSettings
 from emoclip.serve.taggers import TaggerPool
-from emoclip.tagging import TaggerConfig, build_tagger
+from emoclip.tagging.config import TaggerConfig, build_tagger
 
 # What the session's `tiny` backbone is (load_backbone's defaults: exact fp32, full decoding): the
 # service reuses that backbone, so its config must describe it.

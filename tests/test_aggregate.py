@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from emoclip.aggregate import aggregate, markdown_table
+from emoclip.evaluation.aggregate import aggregate, markdown_table
 from tests.conftest import run_cli as run
 
 TINY = {"model": "tiny", "weights": "random-seed0"}

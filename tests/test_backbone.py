@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from emoclip.backbone import load_backbone
-from emoclip.errors import EmoclipError, WeightsUnavailableError
+from emoclip.core.errors import EmoclipError, WeightsUnavailableError
+from emoclip.encoder.backbone import load_backbone
 
 OFFLINE_BOUND_S = 10.0
 
@@ -84,7 +84,7 @@ def test_offline_without_weights_stops_fast_with_a_fix(tmp_path, awkward_images,
     if endpoint:
         env["HF_ENDPOINT"] = endpoint
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "emoclip.cli", "predict", str(awkward_images["good"]),
+    done = subprocess.run([sys.executable, "-m", "emoclip", "predict", str(awkward_images["good"]),
                            "--model", "ViT-B-32", "--pretrained", "openai", "--device", "cpu"],
                           capture_output=True, text=True, env=env, timeout=120)
     elapsed = time.perf_counter() - started

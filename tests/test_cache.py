@@ -9,7 +9,7 @@ import textwrap
 
 import numpy as np
 
-from emoclip.data.cache import FeatureCache, compute_features, content_digest
+from emoclip.encoder.cache import FeatureCache, compute_features, content_digest
 from tests.conftest import assert_close_features, noise_image
 
 
@@ -68,8 +68,8 @@ def test_two_processes_writing_at_once(tiny, tmp_path):
     script = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from emoclip.backbone import load_backbone
-        from emoclip.data.cache import FeatureCache, compute_features
+        from emoclip.encoder.backbone import load_backbone
+        from emoclip.encoder.cache import FeatureCache, compute_features
         b = load_backbone("tiny", "random", "cpu")
         paths = sorted(Path({str(folder)!r}).glob("*.png"))
         t = compute_features(b, paths, FeatureCache({str(tmp_path / "cache")!r}, b), batch_size=4)
@@ -96,7 +96,7 @@ def test_copied_file_is_a_hit(tiny, photo_folder, tmp_path):
 
 def test_features_agree_across_batch_sizes_and_threads(tiny, photo_folder, shake):
     """Encoding in batches of 1, 3 or 16 at 1 or 2 threads equals one-at-a-time encoding within FEATURE_ATOL."""
-    from emoclip.data.images import load_rgb
+    from emoclip.encoder.decode import load_rgb
 
     paths = sorted(photo_folder.rglob("*.jpg"))
     table = compute_features(tiny, paths, None, batch_size=shake)

@@ -10,8 +10,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from emoclip.atomic import atomic_write
-from emoclip.cli import main
+from emoclip.cli.main import main
+from emoclip.core.atomic import atomic_write
 
 TINY = ["--model", "tiny", "--pretrained", "random", "--device", "cpu", "--no-cache"]
 
@@ -108,7 +108,7 @@ def test_listing_commands():
 
 
 def test_installed_console_script_runs(photo_folder):
-    done = subprocess.run([sys.executable, "-m", "emoclip.cli", "predict", str(photo_folder), *TINY,
+    done = subprocess.run([sys.executable, "-m", "emoclip", "predict", str(photo_folder), *TINY,
                            "--format", "csv"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 6  # header + 5 rows
@@ -116,8 +116,8 @@ def test_installed_console_script_runs(photo_folder):
 
 
 def test_speed_options_tag_and_keep_their_own_cache(photo_folder, tmp_path):
-    from emoclip.backbone import load_backbone
-    from emoclip.data.cache import FeatureCache
+    from emoclip.encoder.backbone import load_backbone
+    from emoclip.encoder.cache import FeatureCache
 
     base = ["predict", str(photo_folder), "--model", "tiny", "--pretrained", "random", "--device", "cpu",
             "--cache-dir", str(tmp_path), "--format", "csv"]
@@ -139,11 +139,11 @@ def test_unknown_speed_option_values_are_usage_errors(photo_folder):
 
 def test_in_memory_images_tag_like_their_files(tiny, awkward_images):
     """Uploads and tar members arrive as bytes: ImageBytes runs the same decode/encode/cache path."""
-    from emoclip.data.cache import FeatureCache
-    from emoclip.data.images import ImageBytes
-    from emoclip.predict import Tagger
-    from emoclip.taxonomy import load_taxonomy
-    from emoclip.zeroshot import ZeroShotClassifier
+    from emoclip.encoder.cache import FeatureCache
+    from emoclip.encoder.decode import ImageBytes
+    from emoclip.labels.taxonomy import load_taxonomy
+    from emoclip.methods.zeroshot import ZeroShotClassifier
+    from emoclip.tagging.tagger import Tagger
 
     classifier = ZeroShotClassifier(tiny, load_taxonomy("mikels8"))
     names = ["good", "png_named_jpg", "truncated", "zero_bytes", "not_an_image"]

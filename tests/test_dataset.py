@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from emoclip.cli import main
-from emoclip.data.dataset import open_dataset, stratified_split
-from emoclip.errors import EmoclipError, TaxonomyError
-from emoclip.taxonomy import load_taxonomy
+from emoclip.cli.main import main
+from emoclip.core.errors import EmoclipError, TaxonomyError
+from emoclip.datasets.dataset import open_dataset, stratified_split
+from emoclip.labels.taxonomy import load_taxonomy
 from tests.conftest import noise_image
 
 CLASSES = ("joy", "fear", "sadness")

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from emoclip.data.encode import iter_encoded
-from emoclip.data.images import load_rgb
+from emoclip.encoder.decode import load_rgb
+from emoclip.encoder.pipeline import iter_encoded
 
 MODEL_INPUT = 224
 

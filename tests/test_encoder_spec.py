@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from emoclip.backbone import load_backbone
-from emoclip.data.cache import FeatureCache, compute_features
-from emoclip.encoder_spec import EncoderSpec
-from emoclip.errors import EmoclipError
+from emoclip.core.errors import EmoclipError
+from emoclip.encoder.backbone import load_backbone
+from emoclip.encoder.cache import FeatureCache, compute_features
+from emoclip.encoder.spec import EncoderSpec
 
 
 def test_spec_is_frozen_resolved_and_hashable(tiny):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from emoclip.cli import main
-from emoclip.evaluate import common_level
-from emoclip.metrics import classification_metrics
-from emoclip.taxonomy import load_taxonomy
+from emoclip.cli.main import main
+from emoclip.evaluation.evaluate import common_level
+from emoclip.evaluation.metrics import classification_metrics
+from emoclip.labels.taxonomy import load_taxonomy
 from tests.conftest import EMOTION6, make_split_data
 from tests.conftest import TINY_CLI as TINY
 from tests.conftest import run_cli as run

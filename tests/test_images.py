@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emoclip.data.encode import iter_encoded
-from emoclip.data.images import load_rgb
-from emoclip.errors import ImageDecodeError
+from emoclip.core.errors import ImageDecodeError
+from emoclip.encoder.decode import load_rgb
+from emoclip.encoder.pipeline import iter_encoded
 
 SHOULD_DECODE = ["good", "png_named_jpg", "gif_named_jpg", "cmyk", "sixteen_bit", "palette_alpha", "exif_rotated"]
 SHOULD_FAIL = {"truncated": "truncated", "zero_bytes": "empty", "not_an_image": "not an image",

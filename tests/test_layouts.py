@@ -9,9 +9,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from emoclip.data.dataset import few_shot, open_dataset, stratified_folds
-from emoclip.errors import EmoclipError
-from emoclip.taxonomy import load_taxonomy
+from emoclip.core.errors import EmoclipError
+from emoclip.datasets.dataset import few_shot, open_dataset, stratified_folds
+from emoclip.labels.taxonomy import load_taxonomy
 from tests.conftest import noise_image
 from tests.conftest import run_cli as run
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emoclip.backbone import load_backbone
-from emoclip.checkpoint import load_checkpoint, save_checkpoint
-from emoclip.errors import EmoclipError
+from emoclip.core.errors import EmoclipError
+from emoclip.encoder.backbone import load_backbone
+from emoclip.encoder.prompt_encoder import PromptTextEncoder
+from emoclip.labels.taxonomy import load_taxonomy
 from emoclip.methods import create_method, list_methods
-from emoclip.prompt_encoder import PromptTextEncoder
-from emoclip.taxonomy import load_taxonomy
-from emoclip.train import TrainConfig, train
-from emoclip.zeroshot import ZeroShotClassifier
+from emoclip.methods.checkpoint import load_checkpoint, save_checkpoint
+from emoclip.methods.zeroshot import ZeroShotClassifier
+from emoclip.training.trainer import TrainConfig, train
 
 TEMPLATE = "a photo seems to express a feeling of {}"
 METHODS = sorted(list_methods())

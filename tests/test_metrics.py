@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from emoclip.metrics import classification_metrics, distribution_metrics
+from emoclip.evaluation.metrics import classification_metrics, distribution_metrics
 
 
 def test_classification_metrics_by_hand():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from emoclip.backbone import load_backbone
-from emoclip.errors import EmoclipError
-from emoclip.hardware import CpuInfo
-from emoclip.precision import REQUIRED_SPEEDUP, bf16_speedup, resolve_precision
+from emoclip.core.errors import EmoclipError
+from emoclip.core.hardware import CpuInfo
+from emoclip.encoder.backbone import load_backbone
+from emoclip.encoder.precision import REQUIRED_SPEEDUP, bf16_speedup, resolve_precision
 
 AMX = CpuInfo("Fake Xeon with AMX", frozenset({"avx512f", "amx_bf16", "amx_tile", "avx512_bf16"}), 2, "AVX512")
 AVX512_BF16 = CpuInfo("Fake Xeon, AMX hidden", frozenset({"avx512f", "avx512_bf16"}), 2, "AVX512")
@@ -91,7 +91,7 @@ def test_bf16_runs_the_image_tower_in_bf16_and_stays_close_to_fp32(tiny):
 
 
 def test_build_tagger_defaults_to_auto_and_evaluation_to_exact():
-    from emoclip.tagging import TaggerConfig
+    from emoclip.tagging.config import TaggerConfig
 
     assert TaggerConfig().precision == "auto" and TaggerConfig().decode == "draft"
     with pytest.raises(EmoclipError, match="unknown decode mode"):

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from emoclip.labels.taxonomy import load_taxonomy
 from emoclip.methods.base import create_method
-from emoclip.taxonomy import load_taxonomy
-from emoclip.train import TrainConfig, train
+from emoclip.training.trainer import TrainConfig, train
 from tests.conftest import EMOTIONS, make_split_data, noise_image
 from tests.conftest import TINY_CLI as TINY
 from tests.conftest import run_cli as run

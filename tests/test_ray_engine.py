@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from emoclip.shards import run_sharded
-from emoclip.sources import collect_inputs
-from emoclip.tagging import TaggerConfig
+from emoclip.tagging.config import TaggerConfig
+from emoclip.tagging.inputs import collect_inputs
+from emoclip.tagging.shards import run_sharded
 from tests.conftest import TINY_CLI, run_cli
 from tests.test_shards import assert_identical, cli_command, forty, kill_after_first_shard, read_dir  # noqa: F401
 
@@ -69,7 +69,7 @@ def test_ray_kill_9_then_rerun_equals_an_uninterrupted_run(local_ray, ray_output
 def test_actor_pool_arguments_follow_the_ray_api_generation(monkeypatch):
     from ray.data import ActorPoolStrategy
 
-    import emoclip.ray_engine as engine
+    import emoclip.tagging.ray_engine as engine
 
     def map_batches(fn, *, batch_size=None, compute=None, concurrency=None):
         """Both keywords, as in Ray 2.9 to 2.60; which one to use depends on the version."""

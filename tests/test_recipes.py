@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from emoclip.experiment import read_config
 from emoclip.methods import list_methods
-from emoclip.train import TrainConfig
+from emoclip.training.experiment import read_config
+from emoclip.training.trainer import TrainConfig
 
 METHODS = Path(__file__).resolve().parents[1] / "configs" / "methods"
 
@@ -79,7 +79,7 @@ def test_method_defaults_are_their_published_recipe(method, file):
 
 @pytest.mark.parametrize("grid", sorted(p.name for p in (METHODS.parent / "sweeps").glob("*.yaml")))
 def test_shipped_sweeps_plan_from_the_shipped_configs(grid, monkeypatch):
-    from emoclip.sweep import plan, read_grid
+    from emoclip.training.sweep import plan, read_grid
 
     monkeypatch.chdir(METHODS.parents[1])  # the sweeps name configs relative to the repository root
     runs = plan(read_grid(METHODS.parent / "sweeps" / grid))

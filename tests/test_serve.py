@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from emoclip.errors import EmoclipError
+from emoclip.core.errors import EmoclipError
 from emoclip.serve.settings import ServeSettings, check_bind, is_loopback
 from tests.conftest import TINY_CLI, noise_image, run_cli
 from tests.serving import TINY_CONFIG, running_service
@@ -323,7 +323,7 @@ def test_bounded_load_with_bad_uploads_never_errors_5xx(tiny, awkward_images):
 
 # -- graceful stop --------------------------------------------------------------------------------
 def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
-    command = [sys.executable, "-m", "emoclip.cli", "serve", *TINY_CLI, "--no-cache", "--port", "0",
+    command = [sys.executable, "-m", "emoclip", "serve", *TINY_CLI, "--no-cache", "--port", "0",
                "--max-wait-ms", "4000"]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:

@@ -40,7 +40,7 @@ def forty(tmp_path_factory) -> Path:
 
 
 def cli_command(*args) -> list[str]:
-    return [sys.executable, "-c", "from emoclip.cli import main; main()", *map(str, args)]
+    return [sys.executable, "-c", "from emoclip.cli.main import main; main()", *map(str, args)]
 
 
 def read_dir(folder: Path):
@@ -267,6 +267,6 @@ def test_shard_schema_is_stable_when_a_shard_has_only_errors(tmp_path):
 
 
 def test_ray_is_imported_only_for_the_ray_engine():
-    code = ("import sys, emoclip.cli, emoclip.shards, emoclip.sources; "
+    code = ("import sys, emoclip.cli.main, emoclip.tagging.shards, emoclip.tagging.inputs; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

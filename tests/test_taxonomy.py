@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from emoclip.errors import TaxonomyError
-from emoclip.taxonomy import builtin_taxonomies, load_taxonomy, taxonomy_from_labels
+from emoclip.core.errors import TaxonomyError
+from emoclip.labels.taxonomy import builtin_taxonomies, load_taxonomy, taxonomy_from_labels
 
 
 def test_builtins_have_the_published_classes():
@@ -116,7 +116,7 @@ def test_ad_hoc_labels():
 
 
 def test_round_trip_through_dict():
-    from emoclip.taxonomy import taxonomy_from_dict
+    from emoclip.labels.taxonomy import taxonomy_from_dict
 
     tax = load_taxonomy("parrott25")
     again = taxonomy_from_dict(tax.to_dict())

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from emoclip.cli import main
-from emoclip.experiment import read_configs
+from emoclip.cli.main import main
+from emoclip.training.experiment import read_configs
 from tests.conftest import EMOTIONS, make_split_data
 from tests.conftest import TINY_CLI as TINY
 from tests.conftest import run_cli as run

@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from emoclip.checkpoint import load_checkpoint, save_checkpoint
-from emoclip.emotion_templates import EmotionTemplates, load_templates
-from emoclip.errors import EmoclipError
+from emoclip.core.errors import EmoclipError
+from emoclip.labels.taxonomy import load_taxonomy, taxonomy_from_labels
 from emoclip.methods import create_method
-from emoclip.taxonomy import load_taxonomy, taxonomy_from_labels
-from emoclip.train import TrainConfig, train
+from emoclip.methods.checkpoint import load_checkpoint, save_checkpoint
+from emoclip.methods.ugrie.templates import EmotionTemplates, load_templates
+from emoclip.training.trainer import TrainConfig, train
 from tests.conftest import TINY_CLI, make_split_data
 from tests.conftest import run_cli as run
 
@@ -199,7 +199,7 @@ def test_offline_without_bart_stops_within_10_s_with_one_line(tmp_path):
                 ["predict", "--checkpoint", str(tmp_path / "ckpt"), str(tmp_path)]]
     for command in commands:
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "emoclip.cli", *command], env=env, capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "emoclip", *command], env=env, capture_output=True,
                                 text=True, timeout=120)
         seconds = time.perf_counter() - started
         lines = result.stderr.strip().splitlines()

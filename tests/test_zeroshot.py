@@ -6,11 +6,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emoclip.distribution import LevelProbabilities, coarsen, softmax
-from emoclip.predict import Tagger
-from emoclip.prompts import class_captions, resolve_templates
-from emoclip.taxonomy import load_taxonomy
-from emoclip.zeroshot import ZeroShotClassifier
+from emoclip.labels.distribution import LevelProbabilities, coarsen, softmax
+from emoclip.labels.prompts import class_captions, resolve_templates
+from emoclip.labels.taxonomy import load_taxonomy
+from emoclip.methods.zeroshot import ZeroShotClassifier
+from emoclip.tagging.tagger import Tagger
 
 TEMPLATE = "a photo seems to express a feeling of {}"
 
@@ -90,7 +90,7 @@ def test_tagger_rows_agree_across_batch_sizes_and_threads(tiny, photo_folder, sh
     probabilities are compared to 1e-5 (features agree to FEATURE_ATOL; the logit scale of 100 can
     amplify 1e-7 feature noise to about 1e-5 in a logit, which softmax shrinks again).
     """
-    from emoclip.data.images import load_rgb
+    from emoclip.encoder.decode import load_rgb
 
     paths = sorted(photo_folder.rglob("*.jpg"))
     clf = ZeroShotClassifier(tiny, load_taxonomy("mikels8"))

@@ -15,22 +15,22 @@ from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-from .errors import EmoclipError, ImageDecodeError, TaxonomyError, WeightsUnavailableError
+from emoclip.core.errors import EmoclipError, ImageDecodeError, TaxonomyError, WeightsUnavailableError
 
 # The public names are imported on first use (PEP 562): importing torch/open_clip/torchvision takes
 # seconds, and commands that fail early (missing weights offline, a bad argument) must not pay it.
 _LAZY = {
-    "Backbone": "backbone", "load_backbone": "backbone",
-    "Prediction": "predict", "Tagger": "predict",
-    "Taxonomy": "taxonomy", "load_taxonomy": "taxonomy", "taxonomy_from_labels": "taxonomy",
-    "ZeroShotClassifier": "zeroshot",
+    "Backbone": "encoder.backbone", "load_backbone": "encoder.backbone",
+    "Prediction": "tagging.tagger", "Tagger": "tagging.tagger",
+    "Taxonomy": "labels.taxonomy", "load_taxonomy": "labels.taxonomy", "taxonomy_from_labels": "labels.taxonomy",
+    "ZeroShotClassifier": "methods.zeroshot",
 }
 
 if TYPE_CHECKING:
-    from .backbone import Backbone, load_backbone
-    from .predict import Prediction, Tagger
-    from .taxonomy import Taxonomy, load_taxonomy, taxonomy_from_labels
-    from .zeroshot import ZeroShotClassifier
+    from emoclip.encoder.backbone import Backbone, load_backbone
+    from emoclip.labels.taxonomy import Taxonomy, load_taxonomy, taxonomy_from_labels
+    from emoclip.methods.zeroshot import ZeroShotClassifier
+    from emoclip.tagging.tagger import Prediction, Tagger
 
 
 def __getattr__(name: str):

@@ -50,7 +50,7 @@ def cli(*args, input: str | None = None) -> Outcome:
     """The emoclip CLI in-process; an exception escaping it (a traceback) is kept, not raised."""
     from click.testing import CliRunner
 
-    from emoclip.cli import main
+    from emoclip.cli.main import main
 
     result = CliRunner().invoke(main, [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in args],
                                 input=input, catch_exceptions=True)
@@ -60,7 +60,7 @@ def cli(*args, input: str | None = None) -> Outcome:
 
 def cli_process(*args, env: dict | None = None, timeout: float = 60, **popen) -> subprocess.Popen:
     """The emoclip CLI in a child process (signals, kills)."""
-    command = [sys.executable, "-m", "emoclip.cli", *(os.fspath(a) if isinstance(a, os.PathLike) else str(a)
+    command = [sys.executable, "-m", "emoclip", *(os.fspath(a) if isinstance(a, os.PathLike) else str(a)
                                                       for a in args)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
                             env={**os.environ, **(env or {})}, **popen)

@@ -153,7 +153,7 @@ def test_damaged_checkpoint_metadata_is_refused(trained, tmp_path, image, case):
 
 # -- --pretrained weights files --------------------------------------------------------------------------------
 def _tiny_state() -> dict[str, torch.Tensor]:
-    from emoclip.backbone import load_backbone
+    from emoclip.encoder.backbone import load_backbone
 
     return {k: v.clone().contiguous() for k, v in load_backbone("tiny", "random", "cpu").model.state_dict().items()}
 

@@ -229,7 +229,7 @@ def test_half_switched_run_folder_is_put_back(labelled, tmp_path):
     assert cli(*args, "--name", "old").status == 0
     before = tree_digest(tmp_path / "run")
     os.rename(tmp_path / "run", tmp_path / f".run.{DEAD_PID}.abc123.old.tmp")
-    from emoclip.atomic import remove_stale_temporaries
+    from emoclip.core.atomic import remove_stale_temporaries
 
     remove_stale_temporaries(tmp_path / "run")
     assert tree_digest(tmp_path / "run") == before and temporaries(tmp_path) == []
@@ -271,7 +271,7 @@ class ForkedCli:
                 torch.set_num_threads(1)
                 from click.testing import CliRunner
 
-                from emoclip.cli import main
+                from emoclip.cli.main import main
 
                 result = CliRunner().invoke(main, [str(a) for a in args])
                 os.write(err_write, result.stderr.encode("utf-8", "backslashreplace"))
@@ -370,8 +370,8 @@ def run_forked(args: list, kill_before: int | None = None, kill_after: int | Non
             torch.set_num_threads(1)
             from click.testing import CliRunner
 
-            import emoclip.atomic as atomic
-            from emoclip.cli import main
+            import emoclip.core.atomic as atomic
+            from emoclip.cli.main import main
 
             count = [0]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from emoclip.data.files import name_from_text, name_text
+from emoclip.core.files import name_from_text, name_text
 from tests.adversarial.conftest import TINY, assert_no_traceback, assert_refused, cli, good_jpeg
 from tests.conftest import noise_image
 
@@ -128,8 +128,8 @@ ELONGATED = {"thin_1x10000.png": (1, 10_000), "wide_10000x1.png": (10_000, 1)}
 
 @pytest.mark.parametrize("name", sorted(ELONGATED))
 def test_post_resize_size_is_bounded_at_vit_b32_input(tmp_path, name):
-    from emoclip.data.images import load_rgb
-    from emoclip.errors import ImageDecodeError
+    from emoclip.core.errors import ImageDecodeError
+    from emoclip.encoder.decode import load_rgb
 
     path = tmp_path / name
     path.write_bytes(_png_bytes(Image.new("L", ELONGATED[name])))

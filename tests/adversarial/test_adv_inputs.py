@@ -280,18 +280,18 @@ def test_hostile_names_round_trip_through_split_and_evaluate(tmp_path):
 def test_debug_shows_the_traceback_of_a_refusal(tmp_path):
     (tmp_path / "t.yaml").write_text("name: t\nclasses: [calm]\n")
     outcome = cli("--debug", "predict", good_jpeg(tmp_path / "x.jpg"), *TINY, "-t", tmp_path / "t.yaml")
-    from emoclip.errors import TaxonomyError
+    from emoclip.core.errors import TaxonomyError
 
     assert isinstance(outcome.exception, TaxonomyError)
 
 
 def test_a_bug_is_one_line_with_exit_3_and_a_pointer_to_debug(tmp_path, monkeypatch):
-    import emoclip.data.files
+    import emoclip.core.files
 
     def broken(inputs):
         raise TypeError("simulated bug")
 
-    monkeypatch.setattr(emoclip.data.files, "collect_images", broken)
+    monkeypatch.setattr(emoclip.core.files, "collect_images", broken)
     outcome = cli("predict", good_jpeg(tmp_path / "x.jpg"), *TINY)
     assert_refused(outcome, r"internal error \(TypeError: simulated bug\); rerun with `emoclip --debug", status=3)
 
@@ -303,10 +303,10 @@ def test_a_bug_is_one_line_with_exit_3_and_a_pointer_to_debug(tmp_path, monkeypa
     (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), r"not UTF-8 text \(byte 0xff"),
 ])
 def test_world_failures_become_one_line(tmp_path, monkeypatch, error, pattern):
-    import emoclip.data.files
+    import emoclip.core.files
 
     def failing(inputs):
         raise error
 
-    monkeypatch.setattr(emoclip.data.files, "collect_images", failing)
+    monkeypatch.setattr(emoclip.core.files, "collect_images", failing)
     assert_refused(cli("predict", good_jpeg(tmp_path / "x.jpg"), *TINY), pattern)

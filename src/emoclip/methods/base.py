@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import Backbone
-from ..errors import EmoclipError
-from ..taxonomy import Taxonomy
+from emoclip.core.errors import EmoclipError
+from emoclip.encoder.backbone import Backbone
+from emoclip.labels.taxonomy import Taxonomy
 
 _REGISTRY: dict[str, type[Method]] = {}
 
@@ -41,7 +41,7 @@ class Method(nn.Module):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     # The optimiser recipe of the method's paper; the trainer's defaults for it.
     train_defaults: ClassVar[dict[str, Any]] = {}
-    # Can train on several taxonomies at once (``emoclip.unified``; targets index the tasks' classes).
+    # Can train on several taxonomies at once (``emoclip.training.unified``; targets index the tasks' classes).
     multi_taxonomy: ClassVar[bool] = False
     # The trainer computes ``forward`` logits for ``loss`` only when the loss reads them.
     loss_uses_logits: ClassVar[bool] = True
@@ -114,7 +114,8 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
 
 
 def list_methods() -> dict[str, type[Method]]:
-    from . import clipe, linear_probe, prompt, ugrie  # noqa: F401 - registration happens on import
+    from emoclip.methods import clipe, linear_probe, prompt  # noqa: F401 - registration happens on import
+    from emoclip.methods.ugrie import model as ugrie  # noqa: F401 - registration happens on import
 
     return dict(sorted(_REGISTRY.items()))
 
@@ -127,7 +128,7 @@ def make_config(cls: type[Method], options: dict[str, Any] | None) -> MethodConf
     if unknown:
         raise EmoclipError(f"method '{cls.name}' has no option {', '.join(unknown)}; its options: "
                            f"{', '.join(sorted(fields)) or 'none'}")
-    from ..options import check_option_types
+    from emoclip.core.options import check_option_types
 
     return cls.Config(**check_option_types(cls.Config, options, f"method '{cls.name}'"))
 

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import Backbone
-from ..errors import EmoclipError
-from ..taxonomy import Taxonomy
-from .base import Method, MethodConfig, register_method, seeded_init
+from emoclip.core.errors import EmoclipError
+from emoclip.encoder.backbone import Backbone
+from emoclip.labels.taxonomy import Taxonomy
+from emoclip.methods.base import Method, MethodConfig, register_method, seeded_init
 
 SENTIMENT_CAPTION = "a photo that seems to express {}"
 # The CLIP-E paper's optimiser for both heads: Adam 1e-3, ×0.1 on a validation-loss plateau, at most 15

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import Backbone
-from ..taxonomy import Taxonomy
-from .base import Method, MethodConfig, register_method
+from emoclip.encoder.backbone import Backbone
+from emoclip.labels.taxonomy import Taxonomy
+from emoclip.methods.base import Method, MethodConfig, register_method
 
 
 @dataclasses.dataclass

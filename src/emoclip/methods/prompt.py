@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import Backbone
-from ..errors import EmoclipError
-from ..prompt_encoder import PromptTextEncoder, context_template
-from ..taxonomy import Taxonomy
-from .base import Method, MethodConfig, register_method
+from emoclip.core.errors import EmoclipError
+from emoclip.encoder.backbone import Backbone
+from emoclip.encoder.prompt_encoder import PromptTextEncoder, context_template
+from emoclip.labels.taxonomy import Taxonomy
+from emoclip.methods.base import Method, MethodConfig, register_method
 
 WEIGHTS = {
     "cos": lambda cos: cos,                   # paper, equation 3

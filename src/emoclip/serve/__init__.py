@@ -14,6 +14,6 @@ The service loads one tagger (``tagging.build_tagger``, as ``predict`` does) and
 
 from __future__ import annotations
 
-from .settings import ServeSettings
+from emoclip.serve.settings import ServeSettings
 
 __all__ = ["ServeSettings"]

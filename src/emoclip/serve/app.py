@@ -22,15 +22,15 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..data.images import ImageBytes
-from ..output import prediction_record
-from ..predict import Prediction
-from ..taxonomy import builtin_taxonomies, load_taxonomy
-from .batcher import MicroBatcher, QueueFull
-from .metrics import ServeMetrics
-from .settings import ServeSettings
-from .taggers import TaggerPool
-from .uploads import Refusal, UploadRejected, inspect_image, read_form
+from emoclip.encoder.decode import ImageBytes
+from emoclip.labels.taxonomy import builtin_taxonomies, load_taxonomy
+from emoclip.serve.batcher import MicroBatcher, QueueFull
+from emoclip.serve.metrics import ServeMetrics
+from emoclip.serve.settings import ServeSettings
+from emoclip.serve.taggers import TaggerPool
+from emoclip.serve.uploads import Refusal, UploadRejected, inspect_image, read_form
+from emoclip.tagging.tagger import Prediction
+from emoclip.tagging.writers import prediction_record
 
 log = logging.getLogger("emoclip")
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import click
 
-from .settings import API_KEY_ENV, ServeSettings
+from emoclip.serve.settings import API_KEY_ENV, ServeSettings
 
 _DEFAULTS = ServeSettings()
 

@@ -17,11 +17,11 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from ..errors import EmoclipError
-from ..tagging import TaggerConfig, build_tagger
-from .app import create_app
-from .settings import ServeSettings, check_bind
-from .taggers import TaggerPool
+from emoclip.core.errors import EmoclipError
+from emoclip.serve.app import create_app
+from emoclip.serve.settings import ServeSettings, check_bind
+from emoclip.serve.taggers import TaggerPool
+from emoclip.tagging.config import TaggerConfig, build_tagger
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 GRACE_EXTRA_S = 5.0   # beyond the request timeout, for the last responses to be written

@@ -11,7 +11,7 @@ import dataclasses
 import ipaddress
 from dataclasses import dataclass
 
-from ..errors import EmoclipError
+from emoclip.core.errors import EmoclipError
 
 API_KEY_ENV = "EMOCLIP_API_KEY"
 MIB = 1024 * 1024

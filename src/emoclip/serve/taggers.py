@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable
 
-from ..errors import EmoclipError
-from ..predict import Tagger
-from ..tagging import TaggerConfig, build_tagger
-from ..taxonomy import builtin_taxonomies
-from .uploads import UploadRejected
+from emoclip.core.errors import EmoclipError
+from emoclip.labels.taxonomy import builtin_taxonomies
+from emoclip.serve.uploads import UploadRejected
+from emoclip.tagging.config import TaggerConfig, build_tagger
+from emoclip.tagging.tagger import Tagger
 
 MAX_LABEL_CHARS = 100
 TaxonomyKey = tuple[str, Hashable] | None   # None: the tagger the service was started with

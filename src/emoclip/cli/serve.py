@@ -1,0 +1,49 @@
+"""`emoclip serve`: the tagger over HTTP."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from emoclip.cli.common import (
+    backbone_options,
+    cache_options,
+    handle_errors,
+    log,
+    speed_options,
+    tagger_config,
+    taxonomy_options,
+)
+from emoclip.core.errors import EmoclipError
+from emoclip.serve.options import serve_options, settings_from  # click only: FastAPI is imported when serving
+
+
+@click.command()
+@taxonomy_options
+@backbone_options
+@cache_options
+@speed_options(precision="auto", decode="draft")  # the same defaults as predict
+@click.option("--top-k", "-k", default=3, show_default=True, type=click.IntRange(min=1), help="Top labels per image.")
+@click.option("--also", multiple=True, help="Coarser level to add (e.g. polarity); default: every level.")
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Decoding threads (default: CPUs).")
+@click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(min=1),
+              help="Refuse larger images (422) as possible decompression bombs.")
+@serve_options
+@handle_errors
+def serve(top_k, also, workers, max_pixels, **options) -> None:
+    """Serve tagging over HTTP: a JSON API (POST /v1/predict) and a web page at /.
+
+    Loads the model once; concurrent requests share encoder batches. Listens on 127.0.0.1:8000
+    unless told otherwise; see the README's "Serving over HTTP".
+    """
+    import inspect
+
+    try:
+        from emoclip.serve.server import serve as run_service
+    except ImportError as exc:
+        raise EmoclipError(f"emoclip serve needs {exc.name}; install it with: pip install 'emoclip[serve]'") from None
+    settings = settings_from(**{k: options.pop(k) for k in inspect.signature(settings_from).parameters})
+    config = tagger_config(**options, top_k=top_k, also=tuple(also) or None, batch_size=settings.max_batch,
+                     workers=workers, max_pixels=max_pixels)
+    run_service(config, settings, "info" if log.level <= logging.INFO else "warning")

@@ -1,1 +1,0 @@
-"""Getting images in: finding files, decoding them robustly, and (later) datasets and feature caches."""

@@ -1,0 +1,1 @@
+"""Datasets: benchmark layouts, label tables, votes and fixed splits."""

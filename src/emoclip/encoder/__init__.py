@@ -1,0 +1,1 @@
+"""Encode: CLIP backbone, weights, the encoder spec, precision, decoding, the feature pipeline and cache."""

@@ -1,0 +1,1 @@
+"""Evaluate: metrics, the scoring protocol, run reports and aggregation."""

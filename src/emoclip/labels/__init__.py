@@ -1,0 +1,1 @@
+"""Labels: emotion taxonomies, prompt templates, and distributions over a taxonomy's levels."""

@@ -1,0 +1,1 @@
+"""UGRIE: generative CLIP + BART template filling, with its BART weights and templates."""

@@ -1,0 +1,1 @@
+"""Tag: the Tagger, its inputs (folders, lists, tars), writers, shard folders and engines."""

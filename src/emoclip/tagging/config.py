@@ -1,0 +1,144 @@
+"""One way to build a Tagger from options: the CLI, the Python API, the service and Ray actors all use it.
+
+``TaggerConfig`` is the complete, immutable description of a tagging job's model side: which
+backbone (weights, device, and the encoder's speed options), which classifier (zero-shot with a
+taxonomy or labels, or a trained checkpoint), and how rows are shaped. ``build_tagger(config)``
+turns it into a ``Tagger``. A new option is a field here and a flag in ``cli.tagger_options``; every
+front end inherits it. A config is plain data (JSON-able through ``to_dict``), so it can be shipped
+to a Ray actor or recorded in a manifest and rebuilt there identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from emoclip.encoder.decode import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from emoclip.encoder.backbone import Backbone
+    from emoclip.encoder.cache import FeatureCache
+    from emoclip.labels.taxonomy import Taxonomy
+    from emoclip.tagging.tagger import Classifier, Tagger
+
+
+@dataclass(frozen=True)
+class TaggerConfig:
+    """Everything that decides a tagger's rows (and how fast it makes them)."""
+
+    # the backbone
+    model: str | None = None          # open_clip architecture; default ViT-B-32, or the checkpoint's
+    pretrained: str | None = None     # tag, weights file or 'random'; default openai, or the checkpoint's
+    device: str = "auto"
+    # the encoder's speed options (encoder_spec.py): they change features slightly, so they are part
+    # of the encoder spec that keys the cache and is recorded in reports and checkpoints
+    precision: str = "auto"           # auto | fp32 | bf16 | fp16 (precision.py: measured per machine)
+    decode: str = "draft"             # draft: large JPEGs decode at reduced size; full: exact
+    # the classifier
+    checkpoint: str | None = None     # a run folder from `emoclip train`; None: zero-shot
+    taxonomy: str | None = None       # built-in name or file; default mikels8, or the checkpoint's
+    labels: tuple[str, ...] | None = None
+    templates: str | None = None
+    synonyms: bool = False
+    # the rows
+    top_k: int = 3
+    also: tuple[str, ...] | None = None   # coarser levels; None: every level the taxonomy maps into
+    multi: float | None = None        # also list every label with probability >= multi
+    # the pipeline
+    batch_size: int | None = None
+    workers: int | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    cache_dir: str | None = None
+    no_cache: bool = False
+
+    def __post_init__(self) -> None:
+        from emoclip.encoder.precision import check_precision
+        from emoclip.encoder.spec import check_decode
+
+        check_precision(self.precision)
+        check_decode(self.decode)
+
+    def replace(self, **changes: Any) -> TaggerConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaggerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
+
+
+def preflight(config: TaggerConfig) -> None:
+    """Refuse unobtainable weights before the seconds-long torch/open_clip import (weights.preflight)."""
+    from emoclip.encoder.weights import DEFAULT_MODEL, DEFAULT_PRETRAINED
+    from emoclip.encoder.weights import preflight as weights_preflight
+
+    if config.checkpoint:
+        from emoclip.methods.ugrie.bart_weights import preflight_checkpoint
+
+        preflight_checkpoint(config.checkpoint)  # a ugrie checkpoint's BART
+    if config.checkpoint and not config.pretrained:
+        return  # the checkpoint names its weights; load_checkpoint checks them
+    weights_preflight(config.model or DEFAULT_MODEL, config.pretrained or DEFAULT_PRETRAINED)
+
+
+def load_taxonomy_for(config: TaggerConfig, default: str | None = "mikels8") -> Taxonomy | None:
+    from emoclip.labels.taxonomy import load_taxonomy, taxonomy_from_labels
+
+    if config.labels:
+        return taxonomy_from_labels(list(config.labels))
+    name = config.taxonomy or default
+    return load_taxonomy(name) if name else None
+
+
+def load_backbone_for(config: TaggerConfig, model: str | None = None, pretrained: str | None = None) -> Backbone:
+    from emoclip.encoder.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_backbone
+
+    return load_backbone(model or config.model or DEFAULT_MODEL, pretrained or config.pretrained or DEFAULT_PRETRAINED,
+                         config.device, precision=config.precision, decode=config.decode)
+
+
+def build_classifier(config: TaggerConfig, backbone: Backbone | None = None) -> tuple[Backbone, Classifier]:
+    """(backbone, classifier): a trained checkpoint (its backbone unless overridden) or zero-shot.
+
+    ``backbone``: an already loaded one to reuse (the service builds one classifier per requested
+    taxonomy on the backbone it loaded once); a checkpoint still checks that it matches."""
+    if config.checkpoint:
+        from emoclip.methods.checkpoint import classifier_for, load_checkpoint, read_metadata
+
+        # the checkpoint's weights (unless overridden: load_checkpoint checks they match) with this
+        # config's encoder options (precision, decoding); a backbone given by the caller is reused
+        if backbone is None:
+            meta = read_metadata(config.checkpoint)["backbone"]
+            backbone = load_backbone_for(config, config.model or meta["model"],
+                                         config.pretrained or meta["pretrained"])
+        method = load_checkpoint(config.checkpoint, backbone, config.device)
+        return method.backbone, classifier_for(method, load_taxonomy_for(config, default=None))
+    from emoclip.methods.zeroshot import ZeroShotClassifier
+
+    backbone = backbone or load_backbone_for(config)
+    return backbone, ZeroShotClassifier(backbone, load_taxonomy_for(config), config.templates, config.synonyms)
+
+
+def open_cache(config: TaggerConfig, backbone: Backbone) -> FeatureCache | None:
+    from emoclip.encoder.cache import FeatureCache, default_cache_dir
+
+    if config.no_cache:
+        return None
+    return FeatureCache(config.cache_dir or default_cache_dir(), backbone)
+
+
+def build_tagger(config: TaggerConfig, backbone: Backbone | None = None) -> Tagger:
+    """The Tagger that ``config`` describes: backbone and classifier loaded once, ready to tag
+    (on ``backbone`` when given: it must be the one ``config`` describes)."""
+    from emoclip.tagging.tagger import Tagger
+
+    if backbone is None:
+        preflight(config)
+    backbone, classifier = build_classifier(config, backbone)
+    return Tagger(backbone, classifier, top_k=config.top_k, coarse_levels=list(config.also) if config.also else None,
+                  batch_size=config.batch_size, workers=config.workers, max_pixels=config.max_pixels,
+                  cache=open_cache(config, backbone), multi=config.multi)

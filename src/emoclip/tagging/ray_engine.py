@@ -1,0 +1,154 @@
+"""The Ray Data engine (``--engine ray``, ``pip install 'emoclip[ray]'``): the same job on a cluster.
+
+The dataset has one row per shard still to do (``shards.ShardFolder.todo``). Ray tasks read each
+shard's inputs — file bytes, or tar members by offset — so I/O scales with the cluster; an actor
+pool, each actor holding one model built by ``tagging.build_tagger(TaggerConfig.from_dict(…))``,
+runs ``shards.tag_shard`` on them: the very function and Tagger the single-process engine runs, so
+decoding, preprocessing and classification have one implementation. Images travel between the
+read tasks and the actors as their compressed bytes (a few times smaller than decoded pixels);
+the actor decodes them in its Tagger's thread pool, overlapped with encoding, exactly as the CLI
+does. Each actor returns its shard as Parquet bytes and the driver commits it with the same
+protocol and manifest, so the resume rules are those of the single-process engine, and a resumed
+job may even switch engines.
+
+A shard's rows come from one ``Tagger.tag`` call over the same items in both engines, so they are
+computed from the same encoder batches; they match the single-process rows up to the float
+rounding of a different torch thread count inside an actor (tests allow 1e-6 on probabilities).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import json
+import logging
+import os
+from typing import Any
+
+from emoclip.core.errors import EmoclipError
+from emoclip.tagging.inputs import Item, load_items
+from emoclip.tagging.shards import ShardJob, ShardLayout, ShardProgress, ShardResult, tag_shard
+
+log = logging.getLogger("emoclip")
+
+# Ray ≥ 2.51 deprecates map_batches(concurrency=…) for compute=ActorPoolStrategy(size=…); 2.9–2.50 want concurrency.
+COMPUTE_ARGUMENT_SINCE = (2, 51)
+# CPUs a read task reserves: reading is I/O, and a distinct reservation keeps Ray from fusing the
+# reads into the model actors (they would then wait on storage instead of encoding).
+READ_TASK_CPUS = 0.25
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise EmoclipError("--engine ray needs Ray Data; install it with: pip install 'emoclip[ray]'") from None
+    return ray
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
+
+
+def actor_pool_arguments(size: int, map_batches: Any = None) -> dict[str, Any]:
+    """``map_batches`` keyword arguments for a fixed pool of ``size`` actors, for this Ray's API generation."""
+    ray = _import_ray()
+    parameters = inspect.signature(map_batches or ray.data.Dataset.map_batches).parameters
+    new_api = _version(importlib.metadata.version("ray")) >= COMPUTE_ARGUMENT_SINCE
+    if "concurrency" in parameters and not new_api:
+        return {"concurrency": size}
+    from ray.data import ActorPoolStrategy
+
+    return {"compute": ActorPoolStrategy(size=size)}
+
+
+def read_shard(row: dict[str, Any]) -> dict[str, Any]:
+    """A Ray task: the bytes of one shard's inputs (or, per item, why it cannot be read)."""
+    items = [Item.from_dict(d) for d in json.loads(row["items"])]
+    loaded = load_items(items, as_bytes=True)
+    return {"shard": row["shard"], "items": row["items"],
+            "data": [b"" if isinstance(x, str) else x.data for x in loaded],
+            "problem": [x if isinstance(x, str) else "" for x in loaded]}
+
+
+class ShardTagger:
+    """A Ray actor: one Tagger, built once by the shared factory, tagging whole shards."""
+
+    def __init__(self, config: dict[str, Any], layout: dict[str, Any]) -> None:
+        from emoclip.tagging.config import TaggerConfig, build_tagger
+
+        self.tagger = build_tagger(TaggerConfig.from_dict(config))
+        self.layout = ShardLayout.from_dict(layout)
+        self.encoder = json.dumps(self.tagger.backbone.identity(), sort_keys=True)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from emoclip.encoder.decode import ImageBytes
+
+        out: dict[str, list] = {"shard": [], "parquet": [], "rows": [], "errors": [], "seconds": [], "encoder": []}
+        for shard, items_json, data, problems in zip(batch["shard"], batch["items"], batch["data"],
+                                                     batch["problem"], strict=True):
+            items = [Item.from_dict(d) for d in json.loads(items_json)]
+            loaded = [problem or ImageBytes(item.name, bytes(blob))
+                      for item, blob, problem in zip(items, data, problems, strict=True)]
+            result = tag_shard(self.tagger, self.layout, int(shard), items, loaded)
+            for key in ("parquet", "rows", "errors", "seconds"):
+                out[key].append(getattr(result, key))
+            out["shard"].append(result.index)
+            out["encoder"].append(self.encoder)
+        return out
+
+
+def _cluster_plan(ray: Any, config: dict[str, Any], actors: int | None, cpus_per_actor: float
+                  ) -> tuple[int, dict[str, Any]]:
+    """How many actors and what each holds: one GPU each where the cluster has GPUs (and the device
+    allows), otherwise ``cpus_per_actor`` CPUs each."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    use_gpu = gpus > 0 and not str(config.get("device", "auto")).startswith("cpu")
+    if use_gpu:
+        return actors or gpus, {"num_gpus": 1, "num_cpus": cpus_per_actor}
+    spare = resources.get("CPU", 1) - 1  # one CPU left to the read tasks and the driver
+    return actors or max(1, int(spare // cpus_per_actor)), {"num_cpus": cpus_per_actor}
+
+
+def run_ray(job: ShardJob, progress: ShardProgress, ray_address: str | None = None, actors: int | None = None,
+            cpus_per_actor: float = 1, **_: Any) -> None:
+    """Run the job's remaining shards on Ray (joining ``ray_address``/RAY_ADDRESS, else a local Ray)."""
+    ray = _import_ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        address = ray_address or os.environ.get("RAY_ADDRESS") or None
+        log.info("starting Ray (%s)", address or "local")
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 configure_logging=False)
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        config = job.config.to_dict()
+        size, resources = _cluster_plan(ray, config, actors, cpus_per_actor)
+        log.info("Ray: %d actor(s), each %s", size, resources)
+        todo = job.shards.todo()
+        rows = [{"shard": i, "items": json.dumps([item.to_dict() for item in job.items(i)])} for i in todo]
+        dataset = (ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+                   .map(read_shard, num_cpus=READ_TASK_CPUS)
+                   .map_batches(ShardTagger, batch_size=1, batch_format="numpy",
+                                fn_constructor_kwargs={"config": config, "layout": job.layout.to_dict()},
+                                **resources, **actor_pool_arguments(size)))
+        try:
+            for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
+                for shard, parquet, count, errors, seconds, encoder in zip(
+                        batch["shard"], batch["parquet"], batch["rows"], batch["errors"], batch["seconds"],
+                        batch["encoder"], strict=True):
+                    job.shards.check_encoder(json.loads(str(encoder)))  # every actor runs the recorded encoder
+                    result = ShardResult(int(shard), bytes(parquet), int(count), int(errors), float(seconds))
+                    job.shards.commit(result)
+                    progress.shard(result, images_counted=False)
+        except ray.exceptions.RayError as exc:  # e.g. an actor could not load the model on some node
+            cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise EmoclipError(f"the Ray job failed ({cause}); the {len(job.shards.done)} committed shards are "
+                               "kept: fix the cause and rerun the same command to resume") from None
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,1 @@
+"""Train: the training loop, experiment runner (single and unified) and sweeps."""
