@@ -159,7 +159,7 @@ class HostOriginGuard:
         if scope["type"] != "http" or scope["path"] in PROBES:
             await self.app(scope, receive, send)
             return
-        headers = {k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"host", b"origin")}
+        headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in (b"host", b"origin")}
         host = headers.get("host", "")
         if self.hosts is not None and _host_name(host) not in self.hosts:
             self.metrics.errors.labels("bad_host").inc()
