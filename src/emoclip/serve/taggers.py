@@ -57,7 +57,8 @@ class TaggerPool:
         described = getattr(self.default.classifier, "describe", lambda: {})()
         return {"method": described.get("method", type(self.default.classifier).__name__),
                 "taxonomy": self.default.taxonomy.name, "classes": self.default.taxonomy.names,
-                "per_request_taxonomy": self.retargetable, "backbone": self.default.backbone.identity()}
+                "per_request_taxonomy": self.retargetable, "backbone": self.default.backbone.identity(),
+                "random_weights": self.default.backbone.weights.is_random}
 
     def choose(self, taxonomy: str | None, labels: str | None) -> TaxonomyKey:
         """Validate a request's ``taxonomy=`` / ``labels=`` (cheap; no model work) into a key for ``get``."""
