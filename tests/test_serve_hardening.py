@@ -26,6 +26,7 @@ from emoclip.serve.settings import ServeSettings, check_bind
 from tests.conftest import noise_image
 from tests.serving import running_service
 
+pytestmark = pytest.mark.timeout(180)
 SOCKET_WAIT_S = 15   # the most a test waits for the server to close a socket (it should take ~0.5 s)
 
 

@@ -314,7 +314,8 @@ def create_app(pool: TaggerPool, settings: ServeSettings) -> FastAPI:
         deadline = loop.time() + settings.request_timeout_s
         try:
             async with asyncio.timeout_at(deadline):
-                form = await read_form(request, settings.max_upload_bytes, settings.max_images)
+                form = await read_form(request, settings.max_upload_bytes, settings.max_images,
+                                       settings.body_idle_timeout_s)
         except TimeoutError:
             raise UploadRejected(408, "request_timeout", f"the upload took over {settings.request_timeout_s:g} s; "
                                  "send smaller images or a faster connection") from None

@@ -34,6 +34,7 @@ class ServeSettings:
     max_connections: int = 128        # requests handled at once (each may hold a body in memory); beyond: 503
     max_open_connections: int = 1024  # sockets held open; beyond, the longest-waiting idle one is closed
     header_timeout_s: float = 10.0    # a connection must complete its request headers within this; else closed
+    body_idle_timeout_s: float = 10.0  # the longest pause within a request body (slow POST): 408
     keep_alive_s: float = 5.0         # an idle keep-alive connection is closed after this
     max_request_pixels: int = 256_000_000  # decoded pixels of all images of one request together: 413
     max_queue_pixels: int = 1_000_000_000  # decoded pixels waiting for the model; beyond: 503 + Retry-After

@@ -12,6 +12,7 @@ model's queue. Images that pass are decoded by the Tagger, as ``predict`` decode
 
 from __future__ import annotations
 
+import asyncio
 import io
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
@@ -112,8 +113,11 @@ class _FormBuilder:
         self.form.images.append(Upload(display_name(filename, len(self.form.images)), bytes(self._data)))
 
 
-async def read_form(request: Request, max_bytes: int, max_images: int) -> Form:
-    """The request's multipart form, read as it streams in; ``UploadRejected`` for anything over the limits."""
+async def read_form(request: Request, max_bytes: int, max_images: int, idle_s: float | None = None) -> Form:
+    """The request's multipart form, read as it streams in; ``UploadRejected`` for anything over the limits.
+
+    ``idle_s``: the longest pause between two pieces of the body; a client that stalls mid-body
+    (slow POST) is answered 408 then, instead of holding a request slot for the whole request timeout."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
@@ -131,7 +135,16 @@ async def read_form(request: Request, max_bytes: int, max_images: int) -> Form:
     received = 0
     try:
         parser = MultipartParser(boundary, builder.callbacks())
-        async for chunk in request.stream():
+        stream = request.stream()
+        while True:
+            try:
+                async with asyncio.timeout(idle_s):
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise UploadRejected(408, "body_stalled", f"no part of the body arrived for {idle_s:g} s; send the "
+                                     "request without pauses") from None
             received += len(chunk)
             if received > max_bytes:
                 raise too_large
