@@ -81,6 +81,10 @@ def test_idle_and_slowloris_connections_do_not_starve_probes_or_predict(tiny):
                 held.append(sock)
             for sock in held[200:]:
                 sock.sendall(b"a")                                       # still trickling
+            deadline = time.monotonic() + SOCKET_WAIT_S                 # the server has taken them all
+            while svc.app.state.connections.open < 250 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert svc.app.state.connections.open >= 250
             health = httpx.get(f"{svc.url}/health", timeout=1.0)          # the bound: within 1 s
             assert health.status_code == 200 and health.json() == {"status": "ok"}
             assert httpx.get(f"{svc.url}/ready", timeout=5).status_code == 200
