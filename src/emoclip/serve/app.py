@@ -44,6 +44,7 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' b
 UNDECODABLE = Refusal(422, "undecodable", "")
 PROBES = frozenset({"/health", "/ready"})        # always answered: never counted, limited or Host-checked
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+UNLIMITED = PROBES | {"/metrics"}                 # cheap, and needed most when the service is at capacity
 PREDICT_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["image"],
     "properties": {
@@ -100,7 +101,7 @@ async def _answer(send: Send, status: int, kind: str, detail: str, headers: dict
 
 
 class ConcurrencyLimit:
-    """At most ``limit`` requests in progress (the probes excepted); beyond it 503 with Retry-After.
+    """At most ``limit`` requests in progress (probes and /metrics excepted); beyond it 503 with Retry-After.
 
     Counts requests, not connections: idle sockets are the connection guard's business. The count
     is the in-flight gauge of /metrics, and each refusal is counted there by reason."""
@@ -112,7 +113,7 @@ class ConcurrencyLimit:
         self.active = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PROBES:
+        if scope["type"] != "http" or scope["path"] in UNLIMITED:
             await self.app(scope, receive, send)
             return
         if self.active >= self.limit:
