@@ -285,6 +285,18 @@ def test_a_given_up_request_is_never_decoded():
     assert seen == [[b"img0"]]
 
 
+def test_after_a_504_the_request_is_never_run(tiny):
+    # The batcher has taken the job and waits 2 s for company; the request gives up at 0.5 s.
+    with running_service(tiny, ServeSettings(request_timeout_s=0.5, max_wait_ms=2000, max_batch=8)) as svc:
+        started = time.monotonic()
+        assert predict(svc, jpeg(1), jpeg(2)).status_code == 504
+        while time.monotonic() - started < 3:                        # past the batch window
+            time.sleep(0.1)
+        assert svc.sample("emoclip_batch_images_count") == 0         # nothing was decoded or encoded for it
+        fresh = httpx.get(f"{svc.url}/ready", timeout=10).json()
+        assert fresh["status"] == "ready" and fresh["queued_images"] == 0
+
+
 def test_a_new_label_set_waits_behind_at_most_max_pending_builds(tiny):
     with running_service(tiny) as svc:
         answer = predict(svc, jpeg(1), data={"labels": "calm,tense,joyful"})
