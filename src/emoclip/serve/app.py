@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,10 +27,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from emoclip.encoder.decode import ImageBytes
 from emoclip.labels.taxonomy import builtin_taxonomies, load_taxonomy
 from emoclip.serve.batcher import MicroBatcher, QueueFull
-from emoclip.serve.metrics import ServeMetrics
+from emoclip.serve.metrics import ServeMetrics, method_label
 from emoclip.serve.settings import ServeSettings
 from emoclip.serve.taggers import TaggerPool
-from emoclip.serve.uploads import Refusal, UploadRejected, inspect_image, read_form
+from emoclip.serve.uploads import Refusal, UploadRejected, image_pixels, inspect_image, read_form
 from emoclip.tagging.tagger import Prediction
 from emoclip.tagging.writers import prediction_record
 
@@ -40,6 +42,9 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' b
                                            "script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 UNDECODABLE = Refusal(422, "undecodable", "")
+PROBES = frozenset({"/health", "/ready"})        # always answered: never counted, limited or Host-checked
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+UNLIMITED = PROBES | {"/metrics"}                 # cheap, and needed most when the service is at capacity
 PREDICT_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["image"],
     "properties": {
@@ -82,8 +87,95 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_and_note)
         finally:
             route = _route_label(scope)
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.requests.labels(route, method_label(scope["method"]), str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+async def _answer(send: Send, status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> None:
+    """A JSON error answer sent from a plain ASGI middleware (the app's own shape: detail + kind)."""
+    body = json.dumps({"detail": detail, "kind": kind}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` requests in progress (probes and /metrics excepted); beyond it 503 with Retry-After.
+
+    Counts requests, not connections: idle sockets are the connection guard's business. The count
+    is the in-flight gauge of /metrics, and each refusal is counted there by reason."""
+
+    def __init__(self, app: ASGIApp, limit: int, metrics: ServeMetrics) -> None:
+        self.app = app
+        self.limit = limit
+        self.metrics = metrics
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNLIMITED:
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            self.metrics.over_capacity.labels("requests").inc()
+            self.metrics.errors.labels("over_capacity").inc()
+            await _answer(send, 503, "over_capacity", f"{self.active} requests in progress, the most this service "
+                          "handles at once; retry after the Retry-After seconds", {"Retry-After": "1"})
+            return
+        self.active += 1
+        self.metrics.in_flight.set(self.active)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+            self.metrics.in_flight.set(self.active)
+
+
+def _host_name(host: str) -> str:
+    """``Host``/``Origin`` authority without its port, lower-case, IPv6 brackets removed."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class HostOriginGuard:
+    """Against DNS rebinding and cross-site requests, on the default keyless loopback service too.
+
+    - ``Host`` must name an allowed host (on a loopback bind: localhost, 127.0.0.1, ::1; plus
+      ``--allowed-host``), else 421: a page on evil.example re-bound to 127.0.0.1 sends
+      ``Host: evil.example`` and is refused;
+    - a state-changing request (anything but GET/HEAD/OPTIONS) that carries an ``Origin`` must come
+      from this service's own origin or a ``--cors-origin``, else 403: a cross-origin form POST
+      (which browsers send without a preflight) is refused before it is read.
+    The probes are exempt (they change nothing and reveal nothing)."""
+
+    def __init__(self, app: ASGIApp, settings: ServeSettings, metrics: ServeMetrics) -> None:
+        self.app = app
+        self.hosts = settings.host_allow_list()
+        self.origins = frozenset(o.rstrip("/").lower() for o in settings.cors_origins)
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PROBES:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in (b"host", b"origin")}
+        host = headers.get("host", "")
+        if self.hosts is not None and _host_name(host) not in self.hosts:
+            self.metrics.errors.labels("bad_host").inc()
+            await _answer(send, 421, "bad_host", f"this service does not answer for host '{host[:100]}'; use "
+                          "http://127.0.0.1:PORT, or start it with --allowed-host NAME")
+            return
+        origin = headers.get("origin")
+        if origin is not None and scope["method"] not in SAFE_METHODS:
+            own = {f"http://{host}".lower(), f"https://{host}".lower()}
+            if origin.rstrip("/").lower() not in own | self.origins:
+                self.metrics.errors.labels("foreign_origin").inc()
+                await _answer(send, 403, "foreign_origin", f"requests from the page at '{origin[:100]}' are not "
+                              "allowed; start the service with --cors-origin ORIGIN to allow that page")
+                return
+        await self.app(scope, receive, send)
 
 
 def _require_key(settings: ServeSettings):
@@ -111,10 +203,37 @@ def create_app(pool: TaggerPool, settings: ServeSettings) -> FastAPI:
     def run_group(key, items: list[ImageBytes]) -> list[Prediction]:
         return list(pool.get(key).tag(items))
 
+    def live() -> dict:
+        batcher: MicroBatcher | None = state["batcher"]
+        guard = getattr(app.state, "connections", None)   # set by server.make_server
+        hits, misses = pool.feature_cache_counts()
+        values = {
+            ("emoclip_queue_pixels", "Decoded pixels waiting for the model", "gauge", None):
+                batcher.queued_pixels if batcher else 0,
+            ("emoclip_queue_builds", "Classifiers (label sets) waiting to be built", "gauge", None):
+                batcher.pending_builds if batcher else 0,
+            ("emoclip_cache_hits", "Cache hits: image features, and classifiers already built", "counter",
+             (("cache", "features"),)): hits,
+            ("emoclip_cache_hits", "", "counter", (("cache", "classifiers"),)): pool.hits,
+            ("emoclip_cache_misses", "Cache misses: features computed, classifiers built", "counter",
+             (("cache", "features"),)): misses,
+            ("emoclip_cache_misses", "", "counter", (("cache", "classifiers"),)): pool.builds,
+        }
+        if guard is not None:
+            values[("emoclip_connections_open", "Open client connections", "gauge", None)] = guard.open
+            values[("emoclip_connections_closed", "Connections the guard closed, by reason", "counter",
+                    (("reason", "header_timeout"),))] = guard.header_timeouts
+            values[("emoclip_connections_closed", "", "counter", (("reason", "evicted_idle"),))] = guard.evicted
+        return values
+
+    metrics.add_live(live)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state["batcher"] = MicroBatcher(run_group, max_batch, settings.max_wait_ms / 1000, settings.max_queue,
-                                        metrics.observe_batch)
+                                        metrics.observe_batch, max_queue_pixels=settings.max_queue_pixels,
+                                        max_batch_pixels=settings.max_batch_pixels,
+                                        max_pending_builds=settings.max_pending_builds)
         try:
             yield
         finally:
@@ -125,10 +244,14 @@ def create_app(pool: TaggerPool, settings: ServeSettings) -> FastAPI:
     app.state.metrics = metrics
     app.state.pool = pool
     app.state.settings = settings
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # add_middleware wraps: the last added is the outermost. Order, outside in: metrics (sees every
+    # answer), CORS (answers preflights), Host/Origin, the concurrency limit, the app.
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_connections, metrics=metrics)
+    app.add_middleware(HostOriginGuard, settings=settings, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     authorized = [Depends(_require_key(settings))]
 
     @app.exception_handler(UploadRejected)
@@ -192,7 +315,8 @@ def create_app(pool: TaggerPool, settings: ServeSettings) -> FastAPI:
         deadline = loop.time() + settings.request_timeout_s
         try:
             async with asyncio.timeout_at(deadline):
-                form = await read_form(request, settings.max_upload_bytes, settings.max_images)
+                form = await read_form(request, settings.max_upload_bytes, settings.max_images,
+                                       settings.body_idle_timeout_s)
         except TimeoutError:
             raise UploadRejected(408, "request_timeout", f"the upload took over {settings.request_timeout_s:g} s; "
                                  "send smaller images or a faster connection") from None
@@ -204,16 +328,28 @@ def create_app(pool: TaggerPool, settings: ServeSettings) -> FastAPI:
         rows: list[Prediction | None] = [None if r is None else Prediction(path=u.name, error=r.reason)
                                          for u, r in zip(form.images, refusals, strict=True)]
         todo = [i for i, r in enumerate(refusals) if r is None]
+        pixels = sum(image_pixels(form.images[i].data) for i in todo)
+        if pixels > settings.max_request_pixels:
+            raise UploadRejected(413, "request_too_many_pixels", f"the request's images hold {pixels:,} pixels "
+                                 f"together, over the {settings.max_request_pixels:,} one request may; send fewer "
+                                 "or smaller images per request (or raise --max-request-pixels)")
         if todo:
             batcher: MicroBatcher = state["batcher"]
+            cancelled = threading.Event()
+            items = [CancellableBytes(form.images[i].name, form.images[i].data, cancelled) for i in todo]
             try:
-                future = batcher.submit(key, [ImageBytes(form.images[i].name, form.images[i].data) for i in todo])
+                future = batcher.submit(key, items, pixels=pixels, build=not pool.is_built(key))
             except QueueFull as exc:
+                metrics.over_capacity.labels("queue").inc()
                 raise UploadRejected(503, "queue_full", f"{exc} (the service is at capacity)",
                                      {"Retry-After": str(exc.retry_after)}) from None
             try:
                 results = await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - loop.time()))
-            except TimeoutError:
+            except (TimeoutError, asyncio.CancelledError) as exc:
+                cancelled.set()   # a batch already running skips this request's images: no decoding after a 504
+                future.cancel()   # one still queued never runs
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
                 raise UploadRejected(504, "timeout", f"no answer within {settings.request_timeout_s:g} s; the "
                                      "service is overloaded, retry later or send fewer images") from None
             for i, row in zip(todo, results, strict=True):
@@ -233,6 +369,22 @@ def create_app(pool: TaggerPool, settings: ServeSettings) -> FastAPI:
         return JSONResponse(body, status)
 
     return app
+
+
+class CancellableBytes(ImageBytes):
+    """An upload whose bytes vanish once its request is given up (timed out or disconnected).
+
+    The model thread reads ``data`` only when it decodes the image; by then a cancelled request's
+    images read as empty and fail at once instead of being decoded for nobody."""
+
+    def __init__(self, name: str, data: bytes, cancelled: threading.Event) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "_bytes", data)
+        object.__setattr__(self, "_cancelled", cancelled)
+
+    @property
+    def data(self) -> bytes:  # type: ignore[override]
+        return b"" if self._cancelled.is_set() else self._bytes
 
 
 def _taxonomy_name(pool: TaggerPool, key) -> str:

@@ -7,8 +7,12 @@ there), packs jobs up to ``max_batch`` images, and runs each taxonomy's images i
 call. The model thus runs off the event loop, one batch at a time (no two threads fight over the
 CPU's cores), while the loop keeps accepting and reading requests.
 
-The queue is bounded in images: a request that would overflow it is refused at once (the service
-answers 503 with Retry-After) instead of letting latency and memory grow without bound.
+The queue is bounded by what the work costs, not only by its count: in images, in decoded pixels
+(one 89-megapixel PNG costs what hundreds of photos cost), and in classifier builds (a new label
+set costs the text encoding of all its prompts before any image runs). A request that would
+overflow any of them is refused at once (the service answers 503 with Retry-After) instead of
+letting latency and memory grow without bound. A batch is packed up to ``max_batch`` images and
+``max_batch_pixels`` pixels, which bounds the memory that decoding one batch takes.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class Job:
 
     key: Hashable
     items: Sequence
+    pixels: int = 0
+    build: bool = False           # the key's classifier is not built yet: the first run builds it
     future: Future = field(default_factory=Future)
 
 
@@ -52,15 +58,22 @@ class MicroBatcher:
     batch sizes)."""
 
     def __init__(self, run: RunGroup, max_batch: int, max_wait_s: float, max_queue: int,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, float], None] | None = None, max_queue_pixels: int | None = None,
+                 max_batch_pixels: int | None = None, max_pending_builds: int | None = None) -> None:
         self.run = run
         self.max_batch = max(1, max_batch)
         self.max_wait_s = max(0.0, max_wait_s)
         self.max_queue = max(1, max_queue)
+        self.max_queue_pixels = max_queue_pixels
+        self.max_batch_pixels = max_batch_pixels
+        self.max_pending_builds = max_pending_builds
         self.on_batch = on_batch
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._queued = 0
+        self._queued_pixels = 0
+        self._pending_builds: dict[Hashable, int] = {}   # key -> queued jobs that would build it
+        self._seconds_per_build = 1.0  # updated from real builds; only used for Retry-After
         self._closed = False
         self._seconds_per_item = 0.1   # updated from real batches; only used for Retry-After
         self._thread = threading.Thread(target=self._loop, name="emoclip-model", daemon=True)
@@ -73,20 +86,43 @@ class MicroBatcher:
         return self._queued
 
     @property
+    def queued_pixels(self) -> int:
+        return self._queued_pixels
+
+    @property
+    def pending_builds(self) -> int:
+        """Distinct classifiers (label sets, taxonomies) waiting to be built."""
+        return len(self._pending_builds)
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._closed
 
-    def submit(self, key: Hashable, items: Sequence) -> Future:
-        """Queue a job; raise ``QueueFull`` when it does not fit (an empty queue takes any job)."""
+    def submit(self, key: Hashable, items: Sequence, pixels: int = 0, build: bool = False) -> Future:
+        """Queue a job of ``pixels`` decoded pixels (``build``: its classifier is still to be built);
+        raise ``QueueFull`` when it does not fit (an empty queue takes any job)."""
         with self._lock:
             if self._closed:
                 raise QueueFull(1)
-            if self._queued and self._queued + len(items) > self.max_queue:
-                raise QueueFull(max(1, math.ceil(self._queued * self._seconds_per_item)))
+            new_build = build and key not in self._pending_builds
+            if self._queued and (self._queued + len(items) > self.max_queue or (
+                    self.max_queue_pixels is not None and self._queued_pixels + pixels > self.max_queue_pixels)):
+                raise QueueFull(self._retry_after())
+            builds_full = self.max_pending_builds is not None and len(self._pending_builds) >= self.max_pending_builds
+            if new_build and builds_full:
+                raise QueueFull(self._retry_after())
             self._queued += len(items)
-            job = Job(key, items)
+            self._queued_pixels += pixels
+            if build:
+                self._pending_builds[key] = self._pending_builds.get(key, 0) + 1
+            job = Job(key, items, pixels, build)
             self._queue.put(job)
         return job.future
+
+    def _retry_after(self) -> int:
+        """Seconds until the queue has drained, estimated from recent batches and builds."""
+        return max(1, math.ceil(self._queued * self._seconds_per_item
+                                + len(self._pending_builds) * self._seconds_per_build))
 
     def close(self, timeout: float | None = None) -> None:
         """Finish the queued jobs (without waiting for company), then stop the thread."""
@@ -106,7 +142,7 @@ class MicroBatcher:
             carry = None
             if job is None:
                 break
-            batch, size = [job], len(job.items)
+            batch, size, pixels = [job], len(job.items), job.pixels
             deadline = time.monotonic() + self.max_wait_s
             while size < self.max_batch:
                 remaining = 0.0 if self._closed else deadline - time.monotonic()
@@ -117,11 +153,13 @@ class MicroBatcher:
                 if nxt is None:
                     stopping = True
                     break
-                if size + len(nxt.items) > self.max_batch:
+                if size + len(nxt.items) > self.max_batch or (
+                        self.max_batch_pixels is not None and pixels + nxt.pixels > self.max_batch_pixels):
                     carry = nxt
                     break
                 batch.append(nxt)
                 size += len(nxt.items)
+                pixels += nxt.pixels
             self._run_batch(batch)
         if carry is not None:
             self._run_batch([carry])
@@ -129,6 +167,14 @@ class MicroBatcher:
     def _run_batch(self, jobs: list[Job]) -> None:
         with self._lock:
             self._queued -= sum(len(job.items) for job in jobs)
+            self._queued_pixels -= sum(job.pixels for job in jobs)
+            for job in jobs:
+                if job.build:
+                    left = self._pending_builds.get(job.key, 1) - 1
+                    if left > 0:
+                        self._pending_builds[job.key] = left
+                    else:
+                        self._pending_builds.pop(job.key, None)
         live = [job for job in jobs if job.future.set_running_or_notify_cancel()]  # timed-out jobs drop out
         groups: dict[Hashable, list[Job]] = {}
         for job in live:
@@ -143,7 +189,10 @@ class MicroBatcher:
                     job.future.set_exception(exc)
                 continue
             seconds = time.perf_counter() - started
-            self._seconds_per_item = seconds / max(1, len(items))
+            if any(job.build for job in group):
+                self._seconds_per_build = seconds  # the build dominates this run's time
+            else:
+                self._seconds_per_item = seconds / max(1, len(items))
             if self.on_batch:
                 self.on_batch(len(items), seconds)
             start = 0

@@ -36,6 +36,17 @@ def serve_options(func: Callable) -> Callable:
                      help="Most images in one request: 413."),
         click.option("--max-connections", default=_DEFAULTS.max_connections, show_default=True,
                      type=click.IntRange(min=1), help="Requests handled at once (bodies are held in memory): 503."),
+        click.option("--max-open-connections", default=_DEFAULTS.max_open_connections, show_default=True,
+                     type=click.IntRange(min=1), help="Sockets held open; beyond it the longest-idle connection "
+                                                      "is closed (idle clients cannot starve real ones)."),
+        click.option("--header-timeout", default=_DEFAULTS.header_timeout_s, show_default=True,
+                     type=click.FloatRange(min=0.1), help="Seconds a connection has to send its request headers "
+                                                         "(slow or silent clients are closed)."),
+        click.option("--max-request-pixels", default=_DEFAULTS.max_request_pixels, show_default=True,
+                     type=click.IntRange(min=1), help="Decoded pixels of all images of one request together: 413."),
+        click.option("--allowed-host", "allowed_hosts", multiple=True,
+                     help="Also answer requests whose Host header names this host (repeatable); on a loopback "
+                          "--host only loopback names are answered by default (against DNS rebinding)."),
         click.option("--request-timeout", default=_DEFAULTS.request_timeout_s, show_default=True,
                      type=click.FloatRange(min=0.1), help="Seconds to read, queue and tag one request: 408/504."),
     ]
@@ -45,8 +56,11 @@ def serve_options(func: Callable) -> Callable:
 
 
 def settings_from(host, port, api_key, insecure_no_auth, cors_origins, max_batch, max_wait_ms, max_queue,
-                  max_upload_bytes, max_images, max_connections, request_timeout) -> ServeSettings:
+                  max_upload_bytes, max_images, max_connections, max_open_connections, header_timeout,
+                  max_request_pixels, allowed_hosts, request_timeout) -> ServeSettings:
     return ServeSettings(host=host, port=port, api_key=api_key or None, insecure_no_auth=insecure_no_auth,
                          cors_origins=tuple(cors_origins), max_batch=max_batch, max_wait_ms=max_wait_ms,
                          max_queue=max_queue, max_upload_bytes=max_upload_bytes, max_images=max_images,
-                         max_connections=max_connections, request_timeout_s=request_timeout)
+                         max_connections=max_connections, max_open_connections=max_open_connections,
+                         header_timeout_s=header_timeout, max_request_pixels=max_request_pixels,
+                         allowed_hosts=tuple(allowed_hosts), request_timeout_s=request_timeout)

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from emoclip.core.errors import EmoclipError
 from emoclip.serve.app import create_app
+from emoclip.serve.guard import ConnectionGuard, guarded_protocol
 from emoclip.serve.settings import ServeSettings, check_bind
 from emoclip.serve.taggers import TaggerPool
 from emoclip.tagging.config import TaggerConfig, build_tagger
@@ -47,8 +48,14 @@ def url_of(sock: socket.socket) -> str:
 
 
 def make_server(app: FastAPI, settings: ServeSettings, log_level: str = "warning") -> uvicorn.Server:
+    """uvicorn with the connection guard (header deadline, idle eviction) as its HTTP protocol.
+
+    uvicorn's own ``limit_concurrency`` is left off: it counts idle connections as requests and
+    refuses the probes too; the app's ConcurrencyLimit counts requests in progress instead."""
+    guard = ConnectionGuard(settings.header_timeout_s, settings.max_open_connections)
+    app.state.connections = guard
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
-                            server_header=False, limit_concurrency=settings.max_connections,
+                            server_header=False, http=guarded_protocol(guard), timeout_keep_alive=settings.keep_alive_s,
                             timeout_graceful_shutdown=int(settings.request_timeout_s + GRACE_EXTRA_S))
     return uvicorn.Server(config)
 
@@ -67,7 +74,7 @@ def exit_quietly_after_stop() -> Iterator[None]:
 
 def serve(config: TaggerConfig, settings: ServeSettings, log_level: str = "warning") -> None:
     """Load the tagger once and serve it until SIGTERM/Ctrl-C."""
-    check_bind(settings)
+    check_bind(settings)  # the CLI checked already; the Python API gets the same rule
     sock = bind_socket(settings.host, settings.port)
     tagger = build_tagger(config)
     pool = TaggerPool(config, tagger, settings.max_taxonomies, settings.max_labels)

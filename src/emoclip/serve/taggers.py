@@ -41,12 +41,24 @@ class TaggerPool:
         self.max_labels = max_labels
         self.retargetable = _retargetable(tagger, config)
         self._twins: OrderedDict[TaxonomyKey, Tagger] = OrderedDict()
+        self.hits = 0     # requests whose classifier was already built
+        self.builds = 0   # classifiers built (each costs the text encoding of its prompts)
+
+    def is_built(self, key: TaxonomyKey) -> bool:
+        """Whether ``key``'s classifier is loaded (a request for it costs no build)."""
+        return key is None or key in self._twins
+
+    def feature_cache_counts(self) -> tuple[int, int]:
+        """(hits, misses) of the feature caches of the tagger and its twins (0, 0 with the cache off)."""
+        caches = {id(t.cache): t.cache for t in (self.default, *self._twins.values()) if t.cache is not None}
+        return sum(c.hits for c in caches.values()), sum(c.misses for c in caches.values())
 
     def describe(self) -> dict:
         described = getattr(self.default.classifier, "describe", lambda: {})()
         return {"method": described.get("method", type(self.default.classifier).__name__),
                 "taxonomy": self.default.taxonomy.name, "classes": self.default.taxonomy.names,
-                "per_request_taxonomy": self.retargetable, "backbone": self.default.backbone.identity()}
+                "per_request_taxonomy": self.retargetable, "backbone": self.default.backbone.identity(),
+                "random_weights": self.default.backbone.weights.is_random}
 
     def choose(self, taxonomy: str | None, labels: str | None) -> TaxonomyKey:
         """Validate a request's ``taxonomy=`` / ``labels=`` (cheap; no model work) into a key for ``get``."""
@@ -78,9 +90,12 @@ class TaggerPool:
     def get(self, key: TaxonomyKey) -> Tagger:
         """The tagger for ``key``, built on first use (model thread only: it encodes prompts)."""
         if key is None:
+            self.hits += 1
             return self.default
         twin = self._twins.get(key)
-        if twin is None:
+        if twin is not None:
+            self.hits += 1
+        else:
             kind, value = key
             changes = {"taxonomy": value, "labels": None} if kind == "taxonomy" else {"labels": value,
                                                                                     "taxonomy": None}
@@ -89,6 +104,7 @@ class TaggerPool:
             except EmoclipError as exc:
                 raise UploadRejected(422, "bad_taxonomy", str(exc)) from None
             self._twins[key] = twin
+            self.builds += 1
             while len(self._twins) > self.capacity:
                 self._twins.popitem(last=False)
         self._twins.move_to_end(key)

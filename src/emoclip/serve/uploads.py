@@ -12,6 +12,7 @@ model's queue. Images that pass are decoded by the Tagger, as ``predict`` decode
 
 from __future__ import annotations
 
+import asyncio
 import io
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
@@ -22,6 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 
 MAX_FIELD_BYTES = 64 * 1024   # a text field (taxonomy, labels): far more than any sensible value
 MAX_NAME_CHARS = 255
+MAX_BOUNDARY_BYTES = 70       # RFC 2046 §5.1.1: 1 to 70 characters (python-multipart raises on > 256)
 
 
 class UploadRejected(Exception):
@@ -111,30 +113,46 @@ class _FormBuilder:
         self.form.images.append(Upload(display_name(filename, len(self.form.images)), bytes(self._data)))
 
 
-async def read_form(request: Request, max_bytes: int, max_images: int) -> Form:
-    """The request's multipart form, read as it streams in; ``UploadRejected`` for anything over the limits."""
+async def read_form(request: Request, max_bytes: int, max_images: int, idle_s: float | None = None) -> Form:
+    """The request's multipart form, read as it streams in; ``UploadRejected`` for anything over the limits.
+
+    ``idle_s``: the longest pause between two pieces of the body; a client that stalls mid-body
+    (slow POST) is answered 408 then, instead of holding a request slot for the whole request timeout."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
         raise UploadRejected(415, "not_multipart", "send multipart/form-data with one or more image file parts "
                              "(e.g. curl -F image=@photo.jpg)")
+    if len(boundary) > MAX_BOUNDARY_BYTES:
+        raise UploadRejected(400, "bad_multipart", f"multipart boundary of {len(boundary)} bytes (at most "
+                             f"{MAX_BOUNDARY_BYTES}); let your HTTP client choose the boundary")
     too_large = UploadRejected(413, "body_too_large", f"request body over {max_bytes:,} bytes; send fewer or "
                                "smaller images (or raise --max-upload-bytes)")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large  # refused before reading a byte of it
     builder = _FormBuilder(max_images)
-    parser = MultipartParser(boundary, builder.callbacks())
     received = 0
     try:
-        async for chunk in request.stream():
+        parser = MultipartParser(boundary, builder.callbacks())
+        stream = request.stream()
+        while True:
+            try:
+                async with asyncio.timeout(idle_s):
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise UploadRejected(408, "body_stalled", f"no part of the body arrived for {idle_s:g} s; send the "
+                                     "request without pauses") from None
             received += len(chunk)
             if received > max_bytes:
                 raise too_large
             parser.write(chunk)
         parser.finalize()
-    except MultipartParseError as exc:
-        raise UploadRejected(400, "bad_multipart", f"malformed multipart body: {exc}") from None
+    except (MultipartParseError, ValueError, UnicodeError) as exc:  # the parser's every complaint is the client's
+        raise UploadRejected(400, "bad_multipart", f"malformed multipart body: {exc}; send a well-formed "
+                             "multipart/form-data body (curl -F image=@photo.jpg)") from None
     except ClientDisconnect:
         raise UploadRejected(400, "client_disconnected", "the client closed the connection mid-upload") from None
     return builder.form
@@ -147,6 +165,15 @@ class Refusal:
     status: int
     kind: str
     reason: str
+
+
+def image_pixels(data: bytes) -> int:
+    """Width x height from the header (0 when it cannot be read): what decoding the upload will cost."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size[0] * img.size[1]
+    except Exception:  # any unreadable header costs nothing: inspect_image refuses it before decoding
+        return 0
 
 
 def inspect_image(data: bytes, max_pixels: int | None) -> Refusal | None:

@@ -5,6 +5,39 @@
 const state = { files: [], info: null };
 const $ = (id) => document.getElementById(id);
 
+// Below this lead of the first label over the second, the page does not name a winner: a near-flat
+// distribution is "no clear emotion", not a bold verdict (the full distribution stays one click away).
+const UNCERTAIN_MARGIN = 0.05;
+
+function margin(sortedProbabilities) {
+  return sortedProbabilities.length > 1 ? sortedProbabilities[0] - sortedProbabilities[1] : 1;
+}
+
+// Files of the same name (10.jpg from three folders) get their folder where the browser tells it,
+// else a number: "10 (1).jpg", "10 (2).jpg"… Every card (and the row's path) names one file.
+function displayNames(files) {
+  const counts = new Map();
+  for (const f of files) counts.set(f.name, (counts.get(f.name) || 0) + 1);
+  const used = new Set();
+  const next = new Map();
+  return files.map((f) => {
+    let name = f.name;
+    if (counts.get(f.name) > 1) {
+      const relative = f.webkitRelativePath || "";
+      name = relative && relative !== f.name && !used.has(relative) ? relative : "";
+      if (!name) {
+        const dot = f.name.lastIndexOf(".");
+        const [stem, ext] = dot > 0 ? [f.name.slice(0, dot), f.name.slice(dot)] : [f.name, ""];
+        let n = next.get(f.name) || 1;
+        do { name = `${stem} (${n})${ext}`; n += 1; } while (used.has(name) || counts.has(name));
+        next.set(f.name, n);
+      }
+    }
+    used.add(name);
+    return name;
+  });
+}
+
 function percent(p) {
   return `${(100 * p).toFixed(p >= 0.995 || p < 0.001 ? 0 : 1)}%`;
 }
@@ -62,7 +95,10 @@ function levelView(level, value) {
   }
   const verdict = document.createElement("span");
   verdict.className = "level-label";
-  verdict.textContent = `${value.label} ${percent(value.probability)}`;
+  const lead = margin(Object.values(value.distribution).sort((a, b) => b - a));
+  box.classList.toggle("is-uncertain", lead < UNCERTAIN_MARGIN);
+  verdict.textContent = lead < UNCERTAIN_MARGIN ? `unclear (${value.label} ${percent(value.probability)})`
+    : `${value.label} ${percent(value.probability)}`;
   box.append(title, verdict, split);
   return box;
 }
@@ -72,13 +108,14 @@ const NO_PREVIEW = "data:image/svg+xml," + encodeURIComponent(
   '<svg xmlns="http://www.w3.org/2000/svg" width="110" height="110"><rect width="110" height="110" fill="#eef1f5"/>' +
   '<text x="55" y="66" font-size="36" text-anchor="middle" fill="#9aa6b5" font-family="sans-serif">?</text></svg>');
 
-function makeCard(file) {
+function makeCard(file, name) {
   const card = $("card-template").content.firstElementChild.cloneNode(true);
   const thumb = card.querySelector(".thumb");
   thumb.addEventListener("error", () => { thumb.alt = "not viewable"; thumb.src = NO_PREVIEW; }, { once: true });
   thumb.src = URL.createObjectURL(file);  // the browser shows the file itself: nothing is fetched
-  thumb.alt = file.name;
-  card.querySelector(".name").textContent = file.name;
+  thumb.alt = name;
+  card.querySelector(".name").textContent = name;
+  card.querySelector(".name").title = name;
   card.classList.add("is-pending");
   card.querySelector(".top-label").textContent = "tagging…";
   return card;
@@ -95,8 +132,22 @@ function fillCard(card, row, detail) {
     error.textContent = row && row.error ? row.error : detail || "could not be tagged";
     return;
   }
-  card.querySelector(".top-label").textContent = row.label;
-  card.querySelector(".top-probability").textContent = percent(row.probability);
+  const sorted = Object.entries(row.distribution).sort((a, b) => b[1] - a[1]);
+  const lead = margin(sorted.map(([, p]) => p));
+  card.dataset.label = row.label;
+  card.dataset.margin = String(lead);
+  if (lead < UNCERTAIN_MARGIN) {
+    card.classList.add("is-uncertain");
+    card.querySelector(".top-label").textContent = "No clear emotion";
+    card.querySelector(".top-probability").textContent = "";
+    const note = card.querySelector(".uncertain-note");
+    note.hidden = false;
+    note.textContent = `Closest: ${row.label} ${percent(row.probability)}, only ${percent(lead)} ahead of ` +
+      `${sorted[1][0]}.`;
+  } else {
+    card.querySelector(".top-label").textContent = row.label;
+    card.querySelector(".top-probability").textContent = percent(row.probability);
+  }
   const bars = card.querySelector(".bars");
   for (const item of row.top_k) bars.append(bar(item.label, item.probability));
   const levels = card.querySelector(".levels");
@@ -104,7 +155,6 @@ function fillCard(card, row, detail) {
     if (!ROW_FIELDS.has(key) && value && value.distribution) levels.append(levelView(key, value));
   }
   const all = card.querySelector(".bars.all");
-  const sorted = Object.entries(row.distribution).sort((a, b) => b[1] - a[1]);
   for (const [label, p] of sorted) all.append(bar(label, p));
 }
 
@@ -116,9 +166,9 @@ function choice() {
   return form;
 }
 
-async function tagOne(file, card) {
+async function tagOne(file, name, card) {
   const form = choice();
-  form.append("image", file, file.name);
+  form.append("image", file, name);  // the row's path is the name the card shows
   try {
     const response = await fetch("/v1/predict", { method: "POST", body: form, headers: authHeaders() });
     const body = await response.json().catch(() => ({}));
@@ -141,13 +191,14 @@ async function tagAll() {
   results.replaceChildren();
   if (!state.files.length) return;
   setStatus(`Tagging ${state.files.length} image${state.files.length > 1 ? "s" : ""}…`);
-  const cards = state.files.map((file) => {
-    const card = makeCard(file);
+  const names = displayNames(state.files);
+  const cards = state.files.map((file, i) => {
+    const card = makeCard(file, names[i]);
     results.append(card);
     return card;
   });
   // One request per image, all at once: the server batches concurrent requests together.
-  const answers = await Promise.all(state.files.map((file, i) => tagOne(file, cards[i])));
+  const answers = await Promise.all(state.files.map((file, i) => tagOne(file, names[i], cards[i])));
   const failed = answers.filter((ok) => !ok).length;
   setStatus(failed ? `Done: ${failed} of ${answers.length} could not be tagged.` : `Done: ${answers.length} tagged.`,
     failed > 0);
@@ -190,6 +241,7 @@ async function loadTaxonomies() {
       select.append(option);
     }
     $("model-info").textContent = `${info.method} · ${info.backbone.model} (${info.backbone.weights})`;
+    $("weights-notice").hidden = !info.random_weights;
     if (!info.per_request_taxonomy) {
       select.disabled = true;
       $("labels").disabled = true;
