@@ -117,12 +117,12 @@ class _Skipped:
         self.counts[kind] += 1
         self.examples.setdefault(kind, name_text(path) + (f" ({detail})" if detail else ""))
 
-    def warn(self, folder: Path) -> None:
+    def warn(self, folder: Path, hint: str = "name files explicitly to try them") -> None:
         if not self.counts:
             return
         parts = [f"{n} {kind} (e.g. {self.examples[kind]})" for kind, n in self.counts.most_common()]
-        log.warning("%s: skipped %d entries: %s; name files explicitly to try them", name_text(folder),
-                    sum(self.counts.values()), "; ".join(parts))
+        log.warning("%s: skipped %d entries: %s; %s", name_text(folder), sum(self.counts.values()),
+                    "; ".join(parts), hint)
 
 
 def walk_images(folder: Path) -> list[Path]:

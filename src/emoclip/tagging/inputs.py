@@ -227,7 +227,7 @@ def index_tar(path: str) -> list[Item]:
     items = [item for key, sample in samples.items() for item in _sample_items(path, key, sample, skipped)]
     if broken:
         items.append(Item(name=path, tar=path, error=broken))
-    skipped.warn(Path(path))
+    skipped.warn(Path(path), "store each image as a regular member named <key>.<image type> to tag it")
     return items
 
 
