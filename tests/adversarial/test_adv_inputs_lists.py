@@ -193,6 +193,11 @@ def test_tar_size_chunks_are_bounded_in_bytes_at_whole_batches():
     assert [len(c) for c in _chunks(items, batch=2, most=8, budget=10**9)] == [8, 2]
 
 
+def test_tar_size_a_brace_range_of_a_billion_shards_is_one_line(tmp_path):
+    assert_refused(cli("predict", str(tmp_path / "{000000000..999999999}.tar"), *TINY, "--no-cache"),
+                   r"names more than 1,000,000 shards|does not exist")
+
+
 # -- class compressed: compressed shards are one line, by name or by their bytes ----------------------------------
 @pytest.mark.parametrize("name", ["a.tar.gz", "a.tgz", "a.tar.xz", "a.txz", "a.tar.bz2", "a.tar.zst"])
 def test_compressed_shard_by_name_is_one_line(tmp_path, name):

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -102,11 +103,40 @@ def split_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), (ext.lower() if dot else "")
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """``shards/{00000..00999}.tar`` → the 1000 names (braceexpand, as webdataset does)."""
+# Shards one pattern may name: {00000..99999999} must be one line, not 100 million names in memory.
+MAX_SHARDS_PER_PATTERN = 1_000_000
+
+
+_NUMERIC_RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?\}")
+
+
+def _range_size(pattern: str) -> int:
+    """How many names the numeric ``{a..b[..step]}`` ranges of ``pattern`` multiply to (an upper
+    bound's main factor: comma alternatives are not counted)."""
+    total = 1
+    for start, stop, step in _NUMERIC_RANGE.findall(pattern):
+        total *= abs(int(stop) - int(start)) // max(1, abs(int(step or 1))) + 1
+    return total
+
+
+def expand_braces(pattern: str, check: Callable[[str], None] | None = None) -> list[str]:
+    """``shards/{00000..00999}.tar`` → the 1000 names (braceexpand, as webdataset does), at most
+    ``MAX_SHARDS_PER_PATTERN``. Expanded lazily, each name passed to ``check`` as it comes, so a
+    huge range whose first shard is missing is refused at once, without being built."""
     from braceexpand import braceexpand
 
-    return list(braceexpand(pattern))
+    if _range_size(pattern) > MAX_SHARDS_PER_PATTERN:  # braceexpand builds a whole range at once
+        raise EmoclipError(f"'{input_files.name_text(pattern)}' names more than {MAX_SHARDS_PER_PATTERN:,} "
+                           "shards; check the brace range, or give a --files-from list")
+    names: list[str] = []
+    for name in braceexpand(pattern):
+        if check is not None:
+            check(name)
+        if len(names) == MAX_SHARDS_PER_PATTERN:
+            raise EmoclipError(f"'{input_files.name_text(pattern)}' names more than {MAX_SHARDS_PER_PATTERN:,} "
+                               "shards; check the brace range, or give a --files-from list")
+        names.append(name)
+    return names
 
 
 def _compressed_suffix(text: str) -> str | None:
@@ -376,10 +406,7 @@ def collect_inputs(paths: Sequence[str], files_from: str | None = None,
     groups: list[tuple[str, list[str]]] = []   # ("tar", names) or ("plain", [arg]), in the order given
     for arg in paths:
         if _is_tar_pattern(arg):
-            names = expand_braces(arg)
-            for name in names:
-                _check_shard(name)
-            groups.append(("tar", names))
+            groups.append(("tar", expand_braces(arg, _check_shard)))
         else:
             groups.append(("plain", [arg]))
     digest = hashlib.sha256()
