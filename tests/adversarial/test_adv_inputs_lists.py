@@ -344,6 +344,20 @@ def test_lists_parquet_nulls_and_empty_entries_get_rows_in_place(tmp_path):
     assert "row 2 of --files-from has no path (empty" in rows[2]["error"]
 
 
+@pytest.mark.parametrize("cache", ["--no-cache", "--cache-dir"])
+def test_lists_parquet_path_with_a_nul_byte_is_an_error_row(tmp_path, cache):
+    import pyarrow as pa
+
+    (a,) = _images(tmp_path, 1)
+    listing = _parquet(tmp_path / "l.parquet", pa.array([str(a), "x\0y.jpg"], pa.string()))
+    args = (cache, tmp_path / "cache") if cache == "--cache-dir" else (cache,)
+    out = tmp_path / "o.jsonl"
+    outcome = cli("predict", "--files-from", listing, *TINY, *LABELS, *args, "-o", out)
+    assert_no_traceback(outcome)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert outcome.status == 1 and rows[0]["error"] is None and "NUL byte" in rows[1]["error"]
+
+
 def test_lists_parquet_dictionary_and_binary_columns_are_paths(tmp_path):
     import pyarrow as pa
 

@@ -66,7 +66,7 @@ def content_digest(path: ImageSource) -> str | None:
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in a listed name
         return None
     return digest.hexdigest()
 

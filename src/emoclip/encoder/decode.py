@@ -146,6 +146,8 @@ def regular_file_size(path: str | Path) -> int:
         info = os.stat(path)
     except OSError as exc:
         raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    except ValueError:  # a name from a list or a Parquet column may hold what no file name can
+        raise ImageDecodeError("no such file: the name holds a NUL byte") from None
     if not stat.S_ISREG(info.st_mode):
         kind = next((name for test, name in _FILE_KINDS.items() if test(info.st_mode)), "not a regular file")
         raise ImageDecodeError(f"not a regular file ({kind}); only image files are read")
