@@ -504,6 +504,32 @@ def test_cache_message_over_twice_pillows_limit_quotes_max_pixels(tmp_path):
         assert f"limit --max-pixels {int(limit):,}" in rows[0]["error"], rows[0]["error"]
 
 
+def _output_is_input(tmp_path: Path, which: str) -> tuple[tuple, Path, Path]:
+    """(arguments, --output, the input it is): -o accepts .csv/.json/.parquet names, so the inputs
+    are an image named .csv, a link named .json to a shard, and a Parquet list."""
+    image = tmp_path / "a.csv"
+    image.write_bytes(JPEG)
+    if which == "image":
+        return (image,), image, image
+    if which == "image_by_link":
+        (tmp_path / "link.csv").symlink_to(image)
+        return (image,), tmp_path / "link.csv", image
+    if which == "tar":
+        shard = _tar(tmp_path / "s.tar", [("k.jpg", JPEG)])
+        (tmp_path / "s.json").symlink_to(shard)
+        return (shard,), tmp_path / "s.json", shard
+    listing = _parquet(tmp_path / "l.parquet", [str(image)])
+    return ("--files-from", listing), listing, listing
+
+
+@pytest.mark.parametrize("which", ["image", "image_by_link", "tar", "parquet_list"])
+def test_confinement_output_that_is_an_input_is_refused_and_the_input_kept(tmp_path, which):
+    args, output, source = _output_is_input(tmp_path, which)
+    before = source.read_bytes()
+    assert_refused(cli("predict", *args, *TINY, "--no-cache", *LABELS, "-o", output), r"is one of the inputs")
+    assert source.read_bytes() == before
+
+
 # -- class confinement: names from inputs never become paths outside the output -----------------------------------
 @pytest.mark.parametrize("name", ["../x", "/etc/x", "a/../../x", "", "a\0b", "C:evil", "~/x", "a//b", "./a"])
 def test_confinement_refuses_names_that_leave_the_folder(tmp_path, name):

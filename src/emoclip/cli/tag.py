@@ -64,7 +64,7 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
     preflight(config)
     from tqdm import tqdm
 
-    from emoclip.tagging.inputs import collect_inputs, iter_tagged
+    from emoclip.tagging.inputs import collect_inputs, iter_tagged, refuse_output_among_inputs
     from emoclip.tagging.writers import choose_format, open_writer
 
     started = time.perf_counter()
@@ -75,6 +75,7 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
         raise EmoclipError("--engine ray and --save-features write Parquet shards; give --output-dir DIR")
     fmt = choose_format(fmt, output)
     inputs = collect_inputs(paths, files_from, path_column)
+    refuse_output_among_inputs(inputs, output)
     images = inputs.items
     tagger = build_tagger(config)
     tax = tagger.taxonomy

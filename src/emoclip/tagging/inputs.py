@@ -459,6 +459,32 @@ def collect_inputs(paths: Sequence[str], files_from: str | None = None,
     return InputSet(items, digest.hexdigest(), extra, described)
 
 
+def refuse_output_among_inputs(inputs: InputSet, output: str | os.PathLike | None) -> None:
+    """Refuse an ``--output`` file that is one of the inputs (an image, a tar shard, the list): the
+    atomic replace at the end would destroy what the user gave. Only same-named inputs are compared
+    (by device and inode, so another spelling or a link is caught too): cheap for any input count."""
+    if output is None or os.fspath(output) == "-":
+        return
+    try:
+        target = os.stat(output)
+    except (OSError, ValueError):
+        return  # not there yet: it cannot be an input
+    bases = {os.path.basename(os.fspath(output)), os.path.basename(os.path.realpath(output))}
+    files_from = inputs.described.get("files_from")
+    candidates = {files_from} if files_from else set()
+    candidates |= {source for item in inputs.items for source in (item.path, item.tar)
+                   if source and os.path.basename(source) in bases}
+    for candidate in candidates:
+        try:
+            same = os.path.samestat(target, os.stat(candidate))
+        except (OSError, ValueError):
+            continue
+        if same:
+            raise EmoclipError(f"--output '{input_files.name_text(output)}' is one of the inputs "
+                               f"('{input_files.name_text(candidate)}'): writing it would destroy it; "
+                               "write the output elsewhere")
+
+
 Loaded = Path | ImageBytes | str   # what to tag, or (a str) why the item has an error row
 
 
