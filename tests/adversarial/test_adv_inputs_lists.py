@@ -184,6 +184,19 @@ def test_tar_size_a_1_5_gib_caption_is_not_read_and_memory_stays_bounded(tmp_pat
     assert [r["error"] is not None for r in rows] == [True, False]  # caption-only sample, then the image
 
 
+def test_tar_size_files_shipped_to_workers_are_bounded_and_never_block(tmp_path, monkeypatch):
+    """What ``--engine ray`` reads into bytes: a FIFO would block, a huge file would be held whole."""
+    import emoclip.tagging.inputs as inputs
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    big = tmp_path / "big.jpg"
+    big.write_bytes(JPEG)
+    monkeypatch.setattr(inputs, "MAX_MEMBER_BYTES", len(JPEG) - 1)
+    loaded = inputs.load_items([inputs.Item(name=str(p), path=str(p)) for p in (tmp_path / "pipe.jpg", big)],
+                               as_bytes=True)
+    assert "named pipe" in loaded[0] and "over the" in loaded[1], loaded
+
+
 def test_tar_size_chunks_are_bounded_in_bytes_at_whole_batches():
     from emoclip.tagging.inputs import Item, _chunks
 
