@@ -244,9 +244,11 @@ def index_tar(path: str) -> list[Item]:
                     sample.images.append(member)
                 elif kind is not None:
                     skipped.add("members that are not regular files", member.name, kind)
+                    sample.others.append(f"{ext} ({kind})")
                 elif ext in CAPTION_EXTENSIONS:
                     if member.size > MAX_CAPTION_BYTES:
                         skipped.add(f"captions over {MAX_CAPTION_BYTES:,} bytes (not read)", member.name)
+                        sample.others.append(f"{ext} (over {MAX_CAPTION_BYTES:,} bytes)")
                         continue
                     handle = archive.extractfile(member)
                     sample.captions[ext] = _caption_of(ext, handle.read(MAX_CAPTION_BYTES)) if handle else None
