@@ -288,7 +288,7 @@ def test_debug_shows_the_traceback_of_a_refusal(tmp_path):
 def test_a_bug_is_one_line_with_exit_3_and_a_pointer_to_debug(tmp_path, monkeypatch):
     import emoclip.core.files
 
-    def broken(inputs):
+    def broken(inputs, **kwargs):
         raise TypeError("simulated bug")
 
     monkeypatch.setattr(emoclip.core.files, "collect_images", broken)
@@ -305,7 +305,7 @@ def test_a_bug_is_one_line_with_exit_3_and_a_pointer_to_debug(tmp_path, monkeypa
 def test_world_failures_become_one_line(tmp_path, monkeypatch, error, pattern):
     import emoclip.core.files
 
-    def failing(inputs):
+    def failing(inputs, **kwargs):
         raise error
 
     monkeypatch.setattr(emoclip.core.files, "collect_images", failing)

@@ -64,7 +64,7 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
     preflight(config)
     from tqdm import tqdm
 
-    from emoclip.tagging.inputs import collect_inputs, iter_tagged
+    from emoclip.tagging.inputs import collect_inputs, iter_tagged, refuse_output_among_inputs
     from emoclip.tagging.writers import choose_format, open_writer
 
     started = time.perf_counter()
@@ -74,16 +74,18 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
     if scale["engine"] != "local" or scale["save_features"]:
         raise EmoclipError("--engine ray and --save-features write Parquet shards; give --output-dir DIR")
     fmt = choose_format(fmt, output)
-    images = collect_inputs(paths, files_from, path_column).items
+    inputs = collect_inputs(paths, files_from, path_column)
+    refuse_output_among_inputs(inputs, output)
+    images = inputs.items
     tagger = build_tagger(config)
     tax = tagger.taxonomy
     levels = {name: tax.find_ancestor(name).names for name in tagger.coarse_levels}
     failed = 0
     bar = tqdm(total=len(images), unit="img", disable=None if progress is None else not progress,
                file=sys.stderr, dynamic_ncols=True)
-    with bar, open_writer(fmt, output, tax.names, levels, tagger.generates_text) as writer:
-        for row in iter_tagged(tagger, images, progress=bar.update):
-            writer.write(row)
+    with bar, open_writer(fmt, output, tax.names, levels, tagger.generates_text, inputs.extra_columns) as writer:
+        for item, row in zip(images, iter_tagged(tagger, images, progress=bar.update), strict=True):
+            writer.write(row, {name: getattr(item, name) for name in inputs.extra_columns})
             failed += not row.ok
     seconds = time.perf_counter() - started
     log.info("tagged %d images in %.1f s", len(images), seconds)

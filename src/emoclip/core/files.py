@@ -117,12 +117,12 @@ class _Skipped:
         self.counts[kind] += 1
         self.examples.setdefault(kind, name_text(path) + (f" ({detail})" if detail else ""))
 
-    def warn(self, folder: Path) -> None:
+    def warn(self, folder: Path, hint: str = "name files explicitly to try them") -> None:
         if not self.counts:
             return
         parts = [f"{n} {kind} (e.g. {self.examples[kind]})" for kind, n in self.counts.most_common()]
-        log.warning("%s: skipped %d entries: %s; name files explicitly to try them", name_text(folder),
-                    sum(self.counts.values()), "; ".join(parts))
+        log.warning("%s: skipped %d entries: %s; %s", name_text(folder), sum(self.counts.values()),
+                    "; ".join(parts), hint)
 
 
 def walk_images(folder: Path) -> list[Path]:
@@ -182,12 +182,13 @@ def walk_images(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
+def collect_images(inputs: Iterable[str | Path], allow_empty: bool = False) -> list[Path]:
     """Expand files, folders (recursively, image types only) and globs into unique sorted paths.
 
     A file named explicitly is always kept, whatever its suffix or kind, so a bad file gets an error
     row rather than silently vanishing; an input that matches nothing is an error, and so is a run
-    that finds no images at all.
+    that finds no images at all — unless ``allow_empty`` (the caller collects other kinds of input
+    too, and says itself when the whole input is empty).
     """
     found: dict[Path, None] = {}
     empty: list[str] = []
@@ -211,9 +212,25 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
             raise EmoclipError(f"'{name_text(text)}' does not exist; give image files, folders or glob patterns")
         for m in matches:
             found.setdefault(m, None)
+    if allow_empty:
+        return list(found)
     if not found:
         raise EmoclipError(f"no images in {', '.join(empty)}; give folders that hold images (types: "
                            ".jpg, .png, .webp, … — see the README) or name the files")
     if empty:
         log.warning("no images in %s", ", ".join(empty))
     return list(found)
+
+
+def confined(root: str | Path, name: str, what: str = "name") -> Path:
+    """``root / name`` for a user-supplied ``name`` (a WebDataset key, a list entry, a run name) that
+    becomes a file name, refused unless it stays inside ``root``: no absolute path, no ``..``, no
+    NUL byte, no empty part. Checked on the text, before anything exists, so no symlink or later
+    file can make the answer differ."""
+    text = os.fspath(name)
+    parts = text.replace("\\", "/").split("/")
+    if (not text or "\0" in text or text.startswith(("/", "~")) or any(p in ("", ".", "..") for p in parts)
+            or (len(text) > 1 and text[1] == ":")):
+        raise EmoclipError(f"{what} '{name_text(text)}' would leave {name_text(root)}; use a relative name "
+                           "without '..', '/' at the start or empty parts")
+    return Path(root) / text

@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from emoclip.core.atomic import _pid_alive, atomic_write_text
+from emoclip.core.errors import ImageDecodeError
 from emoclip.encoder.backbone import Backbone
-from emoclip.encoder.decode import DEFAULT_MAX_PIXELS, ImageBytes, ImageSource, as_source
+from emoclip.encoder.decode import DEFAULT_MAX_PIXELS, ImageBytes, ImageSource, as_source, check_header
 from emoclip.encoder.pipeline import DEFAULT_BATCH_SIZE, default_workers, iter_encoded
 
 log = logging.getLogger("emoclip")
@@ -65,7 +66,7 @@ def content_digest(path: ImageSource) -> str | None:
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in a listed name
         return None
     return digest.hexdigest()
 
@@ -152,6 +153,25 @@ class FeatureTable:
     misses: int = 0
 
 
+def _refused_hits(backbone: Backbone, items: Sequence[ImageSource], cached: Sequence[np.ndarray | None],
+                  max_pixels: int | None, workers: int | None) -> dict[int, str]:
+    """The cache hits that decoding would refuse now (``--max-pixels``, the resized shape, the file's
+    kind), with decoding's reason: a hit answers exactly as a miss would (header reads only)."""
+    hits = [i for i, c in enumerate(cached) if c is not None]
+
+    def reason(i: int) -> str | None:
+        try:
+            check_header(items[i], max_pixels, backbone.spec.input_size)
+        except ImageDecodeError as exc:
+            return str(exc)
+        return None
+
+    if not hits:
+        return {}
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        return {i: r for i, r in zip(hits, pool.map(reason, hits), strict=True) if r is not None}
+
+
 def iter_features(backbone: Backbone, paths: Sequence[str | Path | ImageBytes], cache: FeatureCache | None = None,
                   batch_size: int | None = DEFAULT_BATCH_SIZE, workers: int | None = None,
                   max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -160,6 +180,7 @@ def iter_features(backbone: Backbone, paths: Sequence[str | Path | ImageBytes], 
     """Yield ``(index, feature, error)`` for every path in order: cached features first-class,
     the rest decoded in parallel, encoded in batches, and stored."""
     items = [as_source(p) for p in paths]
+    refused: dict[int, str] = {}
     if cache is None:
         keys: list[str | None] = [None] * len(items)
         cached: list[np.ndarray | None] = [None] * len(items)
@@ -169,6 +190,7 @@ def iter_features(backbone: Backbone, paths: Sequence[str | Path | ImageBytes], 
         cached = [cache.get(k) if k else None for k in keys]
         cache.hits += sum(c is not None for c in cached)
         cache.misses += sum(c is None for c in cached)
+        refused = _refused_hits(backbone, items, cached, max_pixels, workers)
     missing = [i for i, c in enumerate(cached) if c is None]
     if cache is not None and cache.spec != backbone.spec:
         raise ValueError(f"the feature cache was opened for another encoder spec ({cache.spec}) than the "
@@ -178,7 +200,7 @@ def iter_features(backbone: Backbone, paths: Sequence[str | Path | ImageBytes], 
     cursor = 0
     for i in range(len(items)):
         if cached[i] is not None:
-            yield i, cached[i], None
+            yield (i, None, refused[i]) if i in refused else (i, cached[i], None)
             if progress:
                 progress(1)
             continue

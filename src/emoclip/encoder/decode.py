@@ -30,9 +30,60 @@ DEFAULT_RESIZE_TO = 224
 _FILE_KINDS = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a named pipe (FIFO)", stat.S_ISCHR: "a character device",
                stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
 
-# emoclip enforces its own pixel limit (load_rgb refuses larger images with a reason), so Pillow's
-# warning is redundant; filtered once here because catch_warnings is not thread-safe.
+# emoclip enforces its own pixel limit (``check_header`` refuses larger images with a reason that
+# quotes --max-pixels, read from the header before any pixel is decoded), so Pillow's own limit is
+# switched off: left on, an image over twice *its* limit was refused inside ``Image.open`` with a
+# message quoting Pillow's figure instead of the user's. Set once at import (a process-wide global;
+# setting it per call from decoding threads raced). Its warning is redundant too.
+Image.MAX_IMAGE_PIXELS = None
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _register_plugins() -> dict[str, bool]:
+    """Register the optional Pillow plugins that are installed; which ones were found."""
+    found = {}
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        found["heif"] = True
+    except Exception:  # not installed, or a broken libheif: HEIC files then get a row naming the plugin
+        found["heif"] = False
+    return found
+
+
+PLUGINS = _register_plugins()
+
+# Formats Pillow cannot open without a plugin, recognised by their first bytes so the error row can
+# name what to install instead of "format not recognised". ISO-BMFF brands (bytes 8-12 of the
+# `ftyp` box) for HEIF/AVIF; JPEG XL's codestream and container signatures.
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_MISSING_PLUGIN_HINTS = {
+    "HEIC/HEIF": "install the pillow-heif plugin: pip install 'emoclip[heif]'",
+    "AVIF": "upgrade Pillow to 11.2 or later (its wheels decode AVIF), or pip install pillow-avif-plugin",
+    "JPEG XL": "install a JPEG XL plugin (pip install pillow-jxl-plugin) or convert it to PNG/JPEG",
+}
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The name of a plugin-only format from an image's first 32 bytes, else None."""
+    if head[4:8] == b"ftyp":
+        brands = {head[8:12]} | {head[i:i + 4] for i in range(16, min(len(head), 32), 4)}
+        if brands & _AVIF_BRANDS:
+            return "AVIF"
+        if brands & _HEIF_BRANDS:
+            return "HEIC/HEIF"
+    if head.startswith(b"\xff\x0a") or head.startswith(b"\x00\x00\x00\x0cJXL \r\n\x87\n"):
+        return "JPEG XL"
+    return None
+
+
+def _unrecognised(head: bytes) -> ImageDecodeError:
+    fmt = sniff_format(head)
+    if fmt is None:
+        return ImageDecodeError("not an image (format not recognised)")
+    return ImageDecodeError(f"{fmt} image, but this installation cannot decode {fmt}; {_MISSING_PLUGIN_HINTS[fmt]}")
 
 
 @dataclass(frozen=True)
@@ -95,6 +146,8 @@ def regular_file_size(path: str | Path) -> int:
         info = os.stat(path)
     except OSError as exc:
         raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    except ValueError:  # a name from a list or a Parquet column may hold what no file name can
+        raise ImageDecodeError("no such file: the name holds a NUL byte") from None
     if not stat.S_ISREG(info.st_mode):
         kind = next((name for test, name in _FILE_KINDS.items() if test(info.st_mode)), "not a regular file")
         raise ImageDecodeError(f"not a regular file ({kind}); only image files are read")
@@ -120,6 +173,69 @@ def uses_draft(img: Image.Image, draft: int | None) -> bool:
     return bool(draft) and img.format == "JPEG" and min(img.size) >= 2 * draft
 
 
+def _open_source(path: str | Path | ImageBytes) -> io.BytesIO | Path:
+    """What Pillow opens for ``path``: bytes in memory, or a regular, non-empty file (checked first)."""
+    source = as_source(path)
+    if isinstance(source, ImageBytes):
+        size, opened = len(source.data), io.BytesIO(source.data)
+    else:
+        size, opened = regular_file_size(source), source
+    if size == 0:
+        raise ImageDecodeError("empty file (0 bytes)")
+    return opened
+
+
+def _check_shape(width: int, height: int, max_pixels: int | None, resize_to: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageDecodeError(
+            f"image too large ({width}x{height} = {width * height:,} pixels, limit --max-pixels {max_pixels:,}); "
+            "possible decompression bomb — raise --max-pixels if you trust it")
+    check_resized_size(width, height, max_pixels, resize_to)
+
+
+def _head(opened: io.BytesIO | Path) -> bytes:
+    if isinstance(opened, io.BytesIO):
+        return opened.getvalue()[:32]
+    try:
+        with open(opened, "rb") as handle:
+            return handle.read(32)
+    except OSError:
+        return b""
+
+
+def _decode_errors(opened: io.BytesIO | Path, exc: BaseException) -> ImageDecodeError:
+    """Pillow's exceptions → one reason each (the caller raises it ``from None``)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return _unrecognised(_head(opened))
+    reason = str(exc) or type(exc).__name__
+    if "truncated" in reason.lower() or isinstance(exc, EOFError):
+        reason = f"truncated or corrupt image ({reason})"
+    return ImageDecodeError(f"cannot decode image: {reason}")
+
+
+_PILLOW_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
+
+
+def check_header(path: str | Path | ImageBytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 resize_to: int | None = DEFAULT_RESIZE_TO) -> None:
+    """Every refusal of ``load_rgb`` that does not need the pixels — the file's kind, emptiness, the
+    format, ``max_pixels`` and the resized shape — from the header alone, raising the same
+    ``ImageDecodeError``.
+
+    A feature-cache hit runs this instead of decoding, so the cache never changes an answer: the
+    same image is tagged or refused with the same reason whether its features were cached or not
+    (the cache key is the content, so the checks that depend on the bytes alone gave the same
+    answer when the entry was stored; the limits are the caller's and are checked here).
+    """
+    opened = _open_source(path)
+    try:
+        with Image.open(opened) as img:
+            width, height = img.size
+    except _PILLOW_ERRORS as exc:
+        raise _decode_errors(opened, exc) from None
+    _check_shape(width, height, max_pixels, resize_to)
+
+
 def load_rgb(path: str | Path | ImageBytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: int | None = None,
              resize_to: int | None = DEFAULT_RESIZE_TO) -> Image.Image:
     """Decode ``path`` (a file, or an ``ImageBytes``) into an upright RGB image, or raise
@@ -132,25 +248,12 @@ def load_rgb(path: str | Path | ImageBytes, max_pixels: int | None = DEFAULT_MAX
     ``resize_to`` is the model's input side: the picture it will become is bounded by
     ``max_pixels`` too. Only regular files are opened.
     """
-    source = as_source(path)
-    if isinstance(source, ImageBytes):
-        size, opened = len(source.data), io.BytesIO(source.data)
-    else:
-        size, opened = regular_file_size(source), source
-    if size == 0:
-        raise ImageDecodeError("empty file (0 bytes)")
+    opened = _open_source(path)
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated image is an error, never a half-grey picture
-    if max_pixels is None or max_pixels > (Image.MAX_IMAGE_PIXELS or 0) * 2:
-        Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max_pixels  # the user trusts larger images
     try:
         img = Image.open(opened)  # the format is read from the bytes, not the file name
         with img:
-            width, height = img.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"image too large ({width}x{height} = {width * height:,} pixels, limit {max_pixels:,}); "
-                    "possible decompression bomb — raise --max-pixels if you trust it")
-            check_resized_size(width, height, max_pixels, resize_to)
+            _check_shape(*img.size, max_pixels, resize_to)
             if getattr(img, "is_animated", False):
                 img.seek(0)
             if uses_draft(img, draft):
@@ -160,12 +263,5 @@ def load_rgb(path: str | Path | ImageBytes, max_pixels: int | None = DEFAULT_MAX
             return to_rgb(upright).copy()
     except ImageDecodeError:
         raise
-    except UnidentifiedImageError:
-        raise ImageDecodeError("not an image (format not recognised)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"image too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc) or type(exc).__name__
-        if "truncated" in reason.lower() or isinstance(exc, EOFError):
-            reason = f"truncated or corrupt image ({reason})"
-        raise ImageDecodeError(f"cannot decode image: {reason}") from None
+    except _PILLOW_ERRORS as exc:
+        raise _decode_errors(opened, exc) from None

@@ -55,18 +55,27 @@ def prediction_record(pred: Prediction) -> dict:
 
 
 class RowWriter:
-    """Base writer: receives predictions one by one; ``finish`` completes the document."""
+    """Base writer: receives predictions one by one; ``finish`` completes the document.
+
+    ``extra_columns`` are input columns carried next to the prediction (a WebDataset sample's
+    ``key`` and ``caption``): every row has them, after the prediction's own, as in a shard folder.
+    """
 
     binary = False
 
     def __init__(self, handle: IO, class_names: Sequence[str], levels: dict[str, Sequence[str]],
-                 generated: bool = False) -> None:
+                 generated: bool = False, extra_columns: Sequence[str] = ()) -> None:
         self.handle = handle
         self.class_names = list(class_names)
         self.levels = levels
         self.generated = generated  # a `generated` column (methods that write a sentence)
+        self.extra_columns = tuple(extra_columns)
 
-    def write(self, pred: Prediction) -> None:
+    def extras(self, extra: dict | None) -> dict:
+        """The extra columns of one row (None where an item has no such value)."""
+        return {name: (extra or {}).get(name) for name in self.extra_columns}
+
+    def write(self, pred: Prediction, extra: dict | None = None) -> None:
         raise NotImplementedError
 
     def finish(self) -> None:
@@ -74,8 +83,9 @@ class RowWriter:
 
 
 class JsonlWriter(RowWriter):
-    def write(self, pred: Prediction) -> None:
-        self.handle.write(json.dumps(prediction_record(pred), ensure_ascii=False, allow_nan=False) + "\n")
+    def write(self, pred: Prediction, extra: dict | None = None) -> None:
+        record = {**prediction_record(pred), **self.extras(extra)}
+        self.handle.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
         self.handle.flush()
 
 
@@ -85,9 +95,10 @@ class JsonWriter(RowWriter):
         self.count = 0
         self.handle.write("[")
 
-    def write(self, pred: Prediction) -> None:
-        self.handle.write(("," if self.count else "") + "\n  " + json.dumps(prediction_record(pred),
-                                                                            ensure_ascii=False, allow_nan=False))
+    def write(self, pred: Prediction, extra: dict | None = None) -> None:
+        record = {**prediction_record(pred), **self.extras(extra)}
+        self.handle.write(("," if self.count else "") + "\n  " + json.dumps(record, ensure_ascii=False,
+                                                                            allow_nan=False))
         self.count += 1
 
     def finish(self) -> None:
@@ -122,7 +133,7 @@ class CsvWriter(RowWriter):
         """The columns of the first row (optional ones, like ``multi``, are on every row or none)."""
         if self.writer is None:
             fields = list(flat_row(Prediction(path="", multi=pred.multi), self.class_names, self.levels,
-                                    self.generated))
+                                    self.generated)) + list(self.extra_columns)
             self.writer = csv.DictWriter(self.handle, fieldnames=fields, lineterminator="\n")
             self.writer.writeheader()
         return self.writer
@@ -130,10 +141,10 @@ class CsvWriter(RowWriter):
     def finish(self) -> None:
         self._header(Prediction(path=""))
 
-    def write(self, pred: Prediction) -> None:
+    def write(self, pred: Prediction, extra: dict | None = None) -> None:
         self._header(pred)
         assert self.writer is not None
-        row = flat_row(pred, self.class_names, self.levels, self.generated)
+        row = {**flat_row(pred, self.class_names, self.levels, self.generated), **self.extras(extra)}
         self.writer.writerow({k: "" if v is None else v for k, v in row.items()})
         self.handle.flush()
 
@@ -152,14 +163,19 @@ class ParquetWriter(RowWriter):
                                ) from None
         self.rows: list[dict] = []
 
-    def write(self, pred: Prediction) -> None:
-        self.rows.append(flat_row(pred, self.class_names, self.levels, self.generated))
+    def write(self, pred: Prediction, extra: dict | None = None) -> None:
+        self.rows.append({**flat_row(pred, self.class_names, self.levels, self.generated), **self.extras(extra)})
 
     def finish(self) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(self.rows), self.handle)
+        table = pa.Table.from_pylist(self.rows)
+        for name in self.extra_columns:  # text even when every value is null (an all-error shard)
+            index = table.schema.get_field_index(name)
+            if index >= 0 and pa.types.is_null(table.schema.field(index).type):
+                table = table.set_column(index, name, table.column(index).cast(pa.string()))
+        pq.write_table(table, self.handle)
 
 
 WRITERS: dict[str, Callable[..., RowWriter]] = {
@@ -186,19 +202,20 @@ def choose_format(fmt: str | None, output: str | Path | None) -> str:
 
 @contextlib.contextmanager
 def open_writer(fmt: str, output: str | Path | None, class_names: Sequence[str],
-                levels: dict[str, Sequence[str]], generated: bool = False) -> Iterator[RowWriter]:
+                levels: dict[str, Sequence[str]], generated: bool = False,
+                extra_columns: Sequence[str] = ()) -> Iterator[RowWriter]:
     """A writer to ``output`` (atomic) or stdout; the document is completed only on success."""
     factory = WRITERS[fmt]
     if output is None or str(output) == "-":
         if getattr(factory, "binary", False):
             raise EmoclipError(f"--format {fmt} is binary; give --output FILE")
-        writer = factory(sys.stdout, class_names, levels, generated)
+        writer = factory(sys.stdout, class_names, levels, generated, extra_columns)
         yield writer
         writer.finish()
         sys.stdout.flush()
         return
     mode = "wb" if getattr(factory, "binary", False) else "w"
     with atomic_write(output, mode, newline="" if mode == "w" else None) as handle:
-        writer = factory(handle, class_names, levels, generated)
+        writer = factory(handle, class_names, levels, generated, extra_columns)
         yield writer
         writer.finish()
