@@ -37,7 +37,7 @@ def _current_umask() -> int:
     return mask
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -69,7 +69,7 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
         return removed
     for entry in entries:
         match = pattern.match(entry.name)
-        if not match or _pid_alive(int(match.group(1))):  # a live process may still be writing it
+        if not match or pid_alive(int(match.group(1))):  # a live process may still be writing it
             continue
         path = Path(entry.path)
         if match.group(2) and not os.path.lexists(target):

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoclip.core.atomic import _pid_alive, atomic_write_text
+from emoclip.core.atomic import atomic_write_text, pid_alive
 from emoclip.encoder.backbone import Backbone
 from emoclip.encoder.decode import DEFAULT_MAX_PIXELS, ImageBytes, ImageSource, as_source
 from emoclip.encoder.pipeline import DEFAULT_BATCH_SIZE, default_workers, iter_encoded
@@ -99,7 +99,7 @@ class FeatureCache:
     def _remove_stale_temporaries(self) -> None:
         for entry in os.scandir(self.tmp):
             match = self._TMP_NAME.match(entry.name)
-            if match and not _pid_alive(int(match.group(1))):
+            if match and not pid_alive(int(match.group(1))):
                 Path(entry.path).unlink(missing_ok=True)
 
     def _stop_writing(self, exc: OSError) -> None:

@@ -14,6 +14,7 @@ method through the same checks.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -113,10 +114,15 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     return decorate
 
 
-def list_methods() -> dict[str, type[Method]]:
-    from emoclip.methods import clipe, linear_probe, prompt  # noqa: F401 - registration happens on import
-    from emoclip.methods.ugrie import model as ugrie  # noqa: F401 - registration happens on import
+# The modules that register the trainable methods, as data: base imports them by name when the
+# registry is first read, so it never depends on the method modules it sits below (they import base).
+METHOD_MODULES = ("emoclip.methods.clipe", "emoclip.methods.linear_probe", "emoclip.methods.prompt",
+                  "emoclip.methods.ugrie.model")
 
+
+def list_methods() -> dict[str, type[Method]]:
+    for module in METHOD_MODULES:
+        importlib.import_module(module)  # registration happens on import
     return dict(sorted(_REGISTRY.items()))
 
 

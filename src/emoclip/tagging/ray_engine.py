@@ -112,9 +112,13 @@ def _cluster_plan(ray: Any, config: dict[str, Any], actors: int | None, cpus_per
     return actors or max(1, int(spare // cpus_per_actor)), {"num_cpus": cpus_per_actor}
 
 
-def run_ray(job: ShardJob, progress: ShardProgress, ray_address: str | None = None, actors: int | None = None,
-            cpus_per_actor: float = 1, **_: Any) -> None:
-    """Run the job's remaining shards on Ray (joining ``ray_address``/RAY_ADDRESS, else a local Ray)."""
+def run_ray(job: ShardJob, tagger: Any, progress: ShardProgress, ray_address: str | None = None,
+            actors: int | None = None, cpus_per_actor: float = 1, **_: Any) -> None:
+    """Run the job's remaining shards on Ray (joining ``ray_address``/RAY_ADDRESS, else a local Ray).
+
+    The signature is every engine's (``shards.ENGINES``); ``tagger`` is the driver's and unused here:
+    each actor builds its own from ``job.config``.
+    """
     ray = _import_ray()
     started_here = not ray.is_initialized()
     if started_here:
