@@ -25,7 +25,7 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 _RENAME_EXCHANGE = 2  # renameat2 flag (Linux ≥ 3.15): swap two names atomically
 _AT_FDCWD = -100
@@ -116,7 +116,7 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
     """Open a temporary file for writing; on success it replaces ``path`` in one rename."""
     requested = Path(path).expanduser()
     binary = "b" in mode
-    text_args = {} if binary else {"encoding": encoding, "newline": newline}
+    text_args: dict[str, Any] = {} if binary else {"encoding": encoding, "newline": newline}
     try:
         info = os.stat(requested)
     except FileNotFoundError:

@@ -188,8 +188,9 @@ def iter_features(backbone: Backbone, paths: Sequence[str | Path | ImageBytes], 
             for row, j in enumerate(batch.ok):
                 index = missing[cursor + j]
                 fresh[index] = (features[row], None)
-                if cache is not None and keys[index]:
-                    cache.put(keys[index], features[row])
+                key = keys[index]
+                if cache is not None and key:
+                    cache.put(key, features[row])
             for j, reason in batch.errors.items():
                 fresh[missing[cursor + j]] = (None, reason)
             cursor += len(batch.paths)

@@ -117,7 +117,7 @@ def check_resized_size(width: int, height: int, max_pixels: int | None, resize_t
 
 def uses_draft(img: Image.Image, draft: int | None) -> bool:
     """Whether ``img`` (opened, not loaded) decodes at reduced size: a JPEG at least twice ``draft``."""
-    return bool(draft) and img.format == "JPEG" and min(img.size) >= 2 * draft
+    return draft is not None and draft > 0 and img.format == "JPEG" and min(img.size) >= 2 * draft
 
 
 def load_rgb(path: str | Path | ImageBytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: int | None = None,
@@ -133,6 +133,7 @@ def load_rgb(path: str | Path | ImageBytes, max_pixels: int | None = DEFAULT_MAX
     ``max_pixels`` too. Only regular files are opened.
     """
     source = as_source(path)
+    opened: io.BytesIO | Path
     if isinstance(source, ImageBytes):
         size, opened = len(source.data), io.BytesIO(source.data)
     else:
@@ -153,7 +154,7 @@ def load_rgb(path: str | Path | ImageBytes, max_pixels: int | None = DEFAULT_MAX
             check_resized_size(width, height, max_pixels, resize_to)
             if getattr(img, "is_animated", False):
                 img.seek(0)
-            if uses_draft(img, draft):
+            if draft is not None and uses_draft(img, draft):
                 img.draft("RGB", (draft, draft))
             img.load()
             upright = ImageOps.exif_transpose(img) or img

@@ -46,6 +46,7 @@ class Method(nn.Module):
     multi_taxonomy: ClassVar[bool] = False
     # The trainer computes ``forward`` logits for ``loss`` only when the loss reads them.
     loss_uses_logits: ClassVar[bool] = True
+    backbone: Backbone  # set in __init__ outside nn.Module's bookkeeping (declared for the type checker)
 
     @classmethod
     def preflight(cls, options: dict[str, Any]) -> None:
@@ -62,8 +63,12 @@ class Method(nn.Module):
         """N × C logits for N normalised image features (with gradients, for training)."""
         raise NotImplementedError
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Training loss; plain cross-entropy unless a method says otherwise."""
+    def loss(self, logits: torch.Tensor | None, targets: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Training loss; plain cross-entropy unless a method says otherwise.
+
+        ``logits`` is ``forward(features)``, or None for a method whose ``loss_uses_logits`` is False.
+        """
+        assert logits is not None, f"method {self.name} computes its loss from logits"
         return F.cross_entropy(logits, targets)
 
     def fit_direct(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]
