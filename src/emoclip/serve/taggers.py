@@ -43,7 +43,7 @@ class TaggerPool:
         self._twins: OrderedDict[TaxonomyKey, Tagger] = OrderedDict()
 
     def describe(self) -> dict:
-        described = getattr(self.default.classifier, "describe", lambda: {})()
+        described: dict = getattr(self.default.classifier, "describe", lambda: {})()
         return {"method": described.get("method", type(self.default.classifier).__name__),
                 "taxonomy": self.default.taxonomy.name, "classes": self.default.taxonomy.names,
                 "per_request_taxonomy": self.retargetable, "backbone": self.default.backbone.identity()}

@@ -203,9 +203,9 @@ def collect_inputs(paths: Sequence[str], files_from: str | None = None,
         for item in members:
             digest.update(f"{item.name}\0{item.offset}\0{item.size}\n".encode("utf-8", "surrogateescape"))
     if files_from:
-        for p in read_path_list(files_from, path_column):
-            items.append(Item(name=p, path=p))
-            digest.update(_stamp(p).encode("utf-8", "surrogateescape") + b"\n")
+        for listed in read_path_list(files_from, path_column):
+            items.append(Item(name=listed, path=listed))
+            digest.update(_stamp(listed).encode("utf-8", "surrogateescape") + b"\n")
     extra: tuple[str, ...] = ()
     if tars:
         extra = ("key", "caption") if any(i.caption is not None for i in items) else ("key",)
@@ -246,6 +246,7 @@ def _read_file(item: Item) -> ImageBytes | str:
 
 
 def _read_member(item: Item, handles: dict[str, IO[bytes]]) -> ImageBytes | str:
+    assert item.tar is not None  # a tar member (index_tar) names its tar
     try:
         if item.tar not in handles:
             handles[item.tar] = open(item.tar, "rb")  # noqa: SIM115 (closed by load_items)

@@ -23,9 +23,10 @@ import inspect
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 from emoclip.core.errors import EmoclipError
+from emoclip.encoder.decode import ImageBytes
 from emoclip.tagging.inputs import Item, load_items
 from emoclip.tagging.shards import ShardJob, ShardLayout, ShardProgress, ShardResult, tag_shard
 
@@ -68,7 +69,7 @@ def read_shard(row: dict[str, Any]) -> dict[str, Any]:
     items = [Item.from_dict(d) for d in json.loads(row["items"])]
     loaded = load_items(items, as_bytes=True)
     return {"shard": row["shard"], "items": row["items"],
-            "data": [b"" if isinstance(x, str) else x.data for x in loaded],
+            "data": [b"" if isinstance(x, str) else cast(ImageBytes, x).data for x in loaded],
             "problem": [x if isinstance(x, str) else "" for x in loaded]}
 
 

@@ -183,10 +183,11 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
     val_table = compute_features(backbone, val_set.paths, cache)
     for table in (train_table, val_table):
         for i, reason in table.errors.items():
-            log.warning("skipping %s: %s", name_text(table.paths[i]), reason)
+            log.warning("skipping %s: %s", name_text(str(table.paths[i])), reason)
     if len(train_table.ok) and not train_table.ok.any():
         raise NothingReadableError(f"none of the {len(train_table.ok)} training images could be read (first: "
-                                   f"{name_text(train_table.paths[0])}: {train_table.errors[0]}); nothing to train on")
+                                   f"{name_text(str(train_table.paths[0]))}: {train_table.errors[0]}); "
+                                   "nothing to train on")
     lost = {"train": len(train_table.errors), "val": len(val_table.errors)}
     listed = {"train": len(train_table.paths), "val": len(val_table.paths)}
     train_xy = feature_tensors(train_table, labels_of(train_set))
