@@ -24,6 +24,7 @@ def data(tmp_path_factory):
     return make_split_data(tmp_path_factory.mktemp("train"), per_class=6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method_config", sorted(p.name for p in (CONFIGS / "methods").glob("*.yaml")))
 def test_every_shipped_method_config_trains_and_its_checkpoint_evaluates_and_predicts(data, tmp_path, method_config,
                                                                                     request):
