@@ -96,3 +96,14 @@ def test_train_recipe_option_merges_before_config_and_refuses_unknown_names(tmp_
     assert bad.exit_code == 2
     lines = [line for line in bad.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("emoclip: error: unknown recipe 'nope'") and "coop" in lines[0]
+
+
+def test_sweep_takes_a_shipped_sweep_by_name(tmp_path, monkeypatch):
+    from tests.conftest import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    planned = run_cli("sweep", "emotion6", "--dry-run")
+    assert planned.exit_code == 0, planned.output
+    assert planned.output.startswith("sweep: ") and " runs, 0 finished" in planned.output
+    missing = run_cli("sweep", "no-such-sweep.yaml", "--dry-run")
+    assert missing.exit_code == 2 and "does not exist" in missing.output

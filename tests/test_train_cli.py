@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from emoclip.cli.main import main
+from emoclip.recipes import RECIPES_DIR
 from emoclip.training.experiment import read_configs
 from tests.conftest import EMOTIONS, make_split_data
 from tests.conftest import TINY_CLI as TINY
 from tests.conftest import run_cli as run
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = RECIPES_DIR  # the shipped recipes (configs/ links here in a checkout)
 
 
 

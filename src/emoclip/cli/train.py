@@ -142,14 +142,21 @@ def aggregate(runs, metric, out) -> None:
 
 
 @click.command()
-@click.argument("grid", type=click.Path(exists=True, dir_okay=False))
+@click.argument("grid", type=click.Path(dir_okay=False))
 @click.option("--device", default="auto", show_default=True, envvar="EMOCLIP_DEVICE", help="auto, cpu, cuda or cuda:N.")
 @cache_options
 @click.option("--dry-run", is_flag=True, help="List the runs that would run, run nothing.")
 @click.option("--progress/--no-progress", default=None)
 @handle_errors
 def sweep(grid, device, cache_dir, no_cache, dry_run, progress) -> None:
-    """Run a grid of methods × seeds × shots × folds from a YAML file (skipping finished runs), then aggregate."""
+    """Run a grid of methods × seeds × shots × folds from a YAML file or a sweep recipe (e.g. emotion6), skipping
+    finished runs, then aggregate."""
+    from pathlib import Path
+
+    from emoclip.recipes import is_recipe_name, recipe_path
     from emoclip.training.sweep import run_sweep
+
+    if not Path(grid).is_file() and is_recipe_name(grid):
+        grid = str(recipe_path(grid))  # a shipped sweep by name, from any folder
 
     run_sweep(grid, device, cache_dir, no_cache, progress, dry_run, echo=click.echo)
