@@ -107,3 +107,10 @@ def test_sweep_takes_a_shipped_sweep_by_name(tmp_path, monkeypatch):
     assert planned.output.startswith("sweep: ") and " runs, 0 finished" in planned.output
     missing = run_cli("sweep", "no-such-sweep.yaml", "--dry-run")
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_listing_recipes_imports_no_torch():
+    probe = "import sys, emoclip.recipes as r; assert r.list_recipes(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
