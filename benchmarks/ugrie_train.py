@@ -55,13 +55,13 @@ def main() -> None:
     from emoclip.encoder.cache import FeatureCache, compute_features, default_cache_dir
     from emoclip.methods import create_method
     from emoclip.methods.ugrie.random_bart import save_random_bart
-    from emoclip.training.experiment import _train_val
+    from emoclip.training.common import train_val
     from emoclip.training.trainer import TrainConfig, train
 
     taxonomy = load_taxonomy("emotionroi6")
     config = TrainConfig(epochs=1, batch_size=args.batch_size, optimizer="adamw", lr=1e-4, weight_decay=0.01)
     data = open_dataset(Path(args.split_file).parent / "images", args.split_file)
-    train_part, val_part = _train_val(data, config.val_fraction, config.seed)
+    train_part, val_part = train_val(data, config.val_fraction, config.seed)
     full_train = len(train_part)
     if args.limit:
         train_part = train_part.subset(list(range(0, len(train_part), max(1, len(train_part) // args.limit)))

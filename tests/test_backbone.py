@@ -77,6 +77,7 @@ def test_cuda_without_gpu_is_a_clear_error():
         load_backbone("tiny", "random", "cuda")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("endpoint", [None, "http://127.0.0.1:9"], ids=["default-hub", "refused-endpoint"])
 def test_offline_without_weights_stops_fast_with_a_fix(tmp_path, awkward_images, endpoint):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "EMOCLIP_"))}

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from emoclip.encoder.cache import FeatureCache, compute_features, content_digest
 from tests.conftest import assert_close_features, noise_image
@@ -60,6 +61,7 @@ def test_corrupt_or_partial_entries_are_misses(tiny, photo_folder, tmp_path, sha
     assert_close_features(again.features, compute_features(tiny, paths, None).features)
 
 
+@pytest.mark.slow
 def test_two_processes_writing_at_once(tiny, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -107,6 +107,7 @@ def test_listing_commands():
     assert "tiny" in run("models").stdout.split()
 
 
+@pytest.mark.slow
 def test_installed_console_script_runs(photo_folder):
     done = subprocess.run([sys.executable, "-m", "emoclip", "predict", str(photo_folder), *TINY,
                            "--format", "csv"], capture_output=True, text=True, timeout=300)

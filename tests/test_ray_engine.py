@@ -12,7 +12,8 @@ from tests.test_shards import assert_identical, cli_command, forty, kill_after_f
 
 ray = pytest.importorskip("ray")
 pd = pytest.importorskip("pandas")
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, about its own settings
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # Ray Data's own, about its own settings
+              pytest.mark.slow]  # starts Ray
 
 # Ray actors run torch with one thread per reserved CPU, this process with all of them: the same
 # encoder batches, but other kernel blockings, so rows agree to float rounding. Rows are rounded to

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from emoclip.methods import list_methods
+from emoclip.recipes import RECIPES_DIR
 from emoclip.training.experiment import read_config
 from emoclip.training.trainer import TrainConfig
 
-METHODS = Path(__file__).resolve().parents[1] / "configs" / "methods"
+METHODS = RECIPES_DIR / "methods"  # the recipes ship inside the package (configs/ links here in a checkout)
 
 PAPER_TRAIN = {"optimizer": "sgd", "momentum": 0.9, "lr_grid": [0.1, 0.01, 0.001], "scheduler": "step",
                "step_size": 3, "gamma": 0.9, "batch_size": 64, "epochs": 10, "monitor": "val_accuracy"}
@@ -78,10 +77,10 @@ def test_method_defaults_are_their_published_recipe(method, file):
 
 
 @pytest.mark.parametrize("grid", sorted(p.name for p in (METHODS.parent / "sweeps").glob("*.yaml")))
-def test_shipped_sweeps_plan_from_the_shipped_configs(grid, monkeypatch):
+def test_shipped_sweeps_plan_from_the_shipped_configs(grid, monkeypatch, tmp_path):
     from emoclip.training.sweep import plan, read_grid
 
-    monkeypatch.chdir(METHODS.parents[1])  # the sweeps name configs relative to the repository root
+    monkeypatch.chdir(tmp_path)  # the sweeps name recipes, found from any folder (as after a pip install)
     runs = plan(read_grid(METHODS.parent / "sweeps" / grid))
     assert runs and len({r.folder for r in runs}) == len(runs)  # every run has its own folder
     assert {r.config["method"] for r in runs} >= {"zero-shot", "ptdpc", "clipe-ce", "linear-probe"}

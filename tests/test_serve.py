@@ -220,6 +220,7 @@ def test_bad_taxonomy_choices_are_422_and_no_file_is_read(service, tmp_path):
         assert answer.json()["kind"] in {"bad_taxonomy", "bad_labels"}
 
 
+@pytest.mark.slow
 def test_per_request_timeout_is_504_and_leaves_the_service_well(tiny):
     settings = ServeSettings(request_timeout_s=0.5, max_wait_ms=3000, max_batch=8)
     with running_service(tiny, settings) as svc:
@@ -287,6 +288,7 @@ def test_concurrent_requests_share_one_encoder_batch(tiny):
         assert svc.sample("emoclip_batch_images_sum") == 6
 
 
+@pytest.mark.slow
 def test_a_full_queue_answers_503_with_retry_after(tiny):
     settings = ServeSettings(max_queue=2, max_batch=8, max_wait_ms=5000)
     with running_service(tiny, settings) as svc:
@@ -307,6 +309,7 @@ def _queued(svc) -> int:
     return httpx.get(f"{svc.url}/ready").json().get("queued_images", 0)
 
 
+@pytest.mark.slow
 def test_bounded_load_with_bad_uploads_never_errors_5xx(tiny, awkward_images):
     bad = [("text.jpg", b"not an image"), ("bomb.png", awkward_images["bomb"].read_bytes())]
     with running_service(tiny, ServeSettings(max_batch=16, max_wait_ms=5)) as svc:
@@ -322,6 +325,7 @@ def test_bounded_load_with_bad_uploads_never_errors_5xx(tiny, awkward_images):
 
 
 # -- graceful stop --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
     command = [sys.executable, "-m", "emoclip", "serve", *TINY_CLI, "--no-cache", "--port", "0",
                "--max-wait-ms", "4000"]

@@ -55,6 +55,7 @@ def _pictures(folder: Path) -> list[Path]:
     return [good, bad]
 
 
+@pytest.mark.slow
 def test_page_uploads_an_image_and_shows_its_emotions(tiny, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -110,6 +111,7 @@ def test_page_uploads_an_image_and_shows_its_emotions(tiny, browser, tmp_path):
         assert svc.sample("emoclip_images_total", outcome="tagged") == 2
 
 
+@pytest.mark.slow
 def test_page_asks_for_the_api_key_and_then_works(tiny, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec

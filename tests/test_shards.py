@@ -90,6 +90,7 @@ def one_thread(monkeypatch):
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(forty, tmp_path, one_thread):
     job = [*TINY_CLI, "--shard-size", "2", "--batch-size", "1", "--workers", "1", "--save-features", "--no-progress"]
     reference, resumed, cache = tmp_path / "reference", tmp_path / "resumed", tmp_path / "cache"
@@ -266,6 +267,7 @@ def test_shard_schema_is_stable_when_a_shard_has_only_errors(tmp_path):
     assert rows.probability.isna().tolist() == [False, True, True] and rows.feature[1] is None
 
 
+@pytest.mark.slow
 def test_ray_is_imported_only_for_the_ray_engine():
     code = ("import sys, emoclip.cli.main, emoclip.tagging.shards, emoclip.tagging.inputs; "
             "assert 'ray' not in sys.modules, 'ray imported'")

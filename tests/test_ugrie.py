@@ -190,6 +190,7 @@ def test_bad_options_are_one_line_errors(tiny, tiny_bart, six, tmp_path):
         create_method("ugrie", tiny, six, {"bart": str(tmp_path / "missing")})
 
 
+@pytest.mark.slow
 def test_offline_without_bart_stops_within_10_s_with_one_line(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf")}
     (tmp_path / "ckpt").mkdir()
@@ -209,6 +210,7 @@ def test_offline_without_bart_stops_within_10_s_with_one_line(tmp_path):
         assert seconds < 10, f"{command[0]}: {seconds:.1f} s"
 
 
+@pytest.mark.slow
 def test_unified_train_over_two_taxonomies_then_predict_and_evaluate_under_each(tiny_bart, tmp_path):
     root, split = make_split_data(tmp_path / "data", per_class=6)
     config = tmp_path / "unified.yaml"

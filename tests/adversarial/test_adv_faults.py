@@ -305,6 +305,7 @@ def _signal_when(pid: int, running, ready, sig: int, limit: float = 90) -> None:
     os.kill(pid, sig)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_predict_exits_130_and_keeps_the_previous_output(tmp_path, many_images, sig):
     target = tmp_path / "tags.jsonl"
@@ -318,6 +319,7 @@ def test_interrupted_predict_exits_130_and_keeps_the_previous_output(tmp_path, m
     assert target.read_text() == "previous\n" and temporaries(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_installed_command_exits_130(tmp_path, many_images):
     """The real entry point in a fresh interpreter (click's standalone mode turns Ctrl-C into exit 1 by itself)."""
     target = tmp_path / "tags.jsonl"
@@ -330,6 +332,7 @@ def test_sigterm_to_the_installed_command_exits_130(tmp_path, many_images):
     assert b"Traceback" not in stderr and not target.exists() and temporaries(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_a_temporary_that_the_next_run_removes(tmp_path, many_images):
     target = tmp_path / "tags.jsonl"
     child = ForkedCli(["predict", many_images, *TINY, *LABELS, "--no-cache", "--batch-size", 1, "--workers", 1,
@@ -341,6 +344,7 @@ def test_sigkill_leaves_a_temporary_that_the_next_run_removes(tmp_path, many_ima
     assert outcome.status == 0 and temporaries(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_sigterm_during_evaluate_keeps_the_previous_run_folder(labelled, tmp_path):
     root, split = labelled
     args = ["evaluate", "--root", root, "--split-file", split, *TINY, "-t", "emotionroi6", "--out", tmp_path / "run"]
@@ -429,6 +433,7 @@ def _same_tensors(a: Path, b: Path) -> None:
         assert torch.equal(left[key], right[key]), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", [f"before{k}" for k in range(1, TRAIN_STEPS + 1)] + ["after2", "after6"])
 def test_training_killed_at_any_write_step_resumes_bit_identically(train_args, uninterrupted, tmp_path, point):
     out = tmp_path / "run"
@@ -455,6 +460,7 @@ def test_training_killed_at_any_write_step_resumes_bit_identically(train_args, u
 EVAL_STEPS = 6  # metrics.json, predictions.csv, confusion.png, per_class.png, report.md (staged); the switch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", [f"before{k}" for k in range(1, EVAL_STEPS + 1)] + [f"after{EVAL_STEPS}"])
 def test_evaluate_killed_at_any_write_step_leaves_the_old_run_or_the_new_one_whole(labelled, tmp_path, point):
     root, split = labelled

@@ -21,7 +21,7 @@ def methods() -> None:
     for name, cls in list_methods().items():
         click.echo(f"{name}: {cls.summary}")
         for f in dataclasses.fields(cls.Config):
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[operator]
             click.echo(f"    {f.name} = {default!r}")
 
 

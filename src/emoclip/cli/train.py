@@ -18,8 +18,12 @@ from emoclip.core.errors import EmoclipError, shorten
 
 
 @click.command("train")
+@click.option("--recipe", "recipes", multiple=True, metavar="NAME",
+              help="A shipped recipe by name (e.g. --recipe emotionroi6 --recipe ptdpc-paper; docs/methods.md), "
+                   "merged in order before --config files.")
 @click.option("--config", "config_files", multiple=True, type=click.Path(dir_okay=False),
-              help="YAML/TOML experiment config(s) (see configs/), merged in order; command-line options override.")
+              help="YAML/TOML experiment config(s) or recipe names, merged in order after --recipe; command-line "
+                   "options override.")
 @click.option("--method", default=None, help="Method to train (`emoclip methods`).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="A method option, e.g. --set weight=cos01 (repeatable).")
@@ -51,17 +55,19 @@ from emoclip.core.errors import EmoclipError, shorten
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last epoch.")
 @click.option("--progress/--no-progress", default=None)
 @handle_errors
-def train_command(config_files, method, sets, root, split_file, manifests, layout, fold, label_file, votes, taxonomy,
-                  label_taxonomy, shots, target, model, pretrained, device, cache_dir, no_cache, precision, epochs,
-                  batch_size, lr, optimizer, scheduler, weight_decay, seed, val_fraction, also, name, out, resume,
-                  progress) -> None:
+def train_command(recipes, config_files, method, sets, root, split_file, manifests, layout, fold, label_file, votes,
+                  taxonomy, label_taxonomy, shots, target, model, pretrained, device, cache_dir, no_cache, precision,
+                  epochs, batch_size, lr, optimizer, scheduler, weight_decay, seed, val_fraction, also, name, out,
+                  resume, progress) -> None:
     """Train a method on cached features, keep the best-on-validation checkpoint, score it on test."""
     from pathlib import Path
 
     import yaml
 
     from emoclip.methods.ugrie.bart_weights import preflight_experiment
+    from emoclip.recipes import recipe_path
 
+    config_files = [str(recipe_path(name)) for name in recipes] + list(config_files)
     options = {}
     for item in sets:
         key, sep, value = item.partition("=")
@@ -136,14 +142,21 @@ def aggregate(runs, metric, out) -> None:
 
 
 @click.command()
-@click.argument("grid", type=click.Path(exists=True, dir_okay=False))
+@click.argument("grid", type=click.Path(dir_okay=False))
 @click.option("--device", default="auto", show_default=True, envvar="EMOCLIP_DEVICE", help="auto, cpu, cuda or cuda:N.")
 @cache_options
 @click.option("--dry-run", is_flag=True, help="List the runs that would run, run nothing.")
 @click.option("--progress/--no-progress", default=None)
 @handle_errors
 def sweep(grid, device, cache_dir, no_cache, dry_run, progress) -> None:
-    """Run a grid of methods × seeds × shots × folds from a YAML file (skipping finished runs), then aggregate."""
+    """Run a grid of methods × seeds × shots × folds from a YAML file or a sweep recipe (e.g. emotion6), skipping
+    finished runs, then aggregate."""
+    from pathlib import Path
+
+    from emoclip.recipes import is_recipe_name, recipe_path
     from emoclip.training.sweep import run_sweep
+
+    if not Path(grid).is_file() and is_recipe_name(grid):
+        grid = str(recipe_path(grid))  # a shipped sweep by name, from any folder
 
     run_sweep(grid, device, cache_dir, no_cache, progress, dry_run, echo=click.echo)

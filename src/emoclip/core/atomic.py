@@ -25,7 +25,7 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 _RENAME_EXCHANGE = 2  # renameat2 flag (Linux ≥ 3.15): swap two names atomically
 _AT_FDCWD = -100
@@ -37,7 +37,7 @@ def _current_umask() -> int:
     return mask
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -69,7 +69,7 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
         return removed
     for entry in entries:
         match = pattern.match(entry.name)
-        if not match or _pid_alive(int(match.group(1))):  # a live process may still be writing it
+        if not match or pid_alive(int(match.group(1))):  # a live process may still be writing it
             continue
         path = Path(entry.path)
         if match.group(2) and not os.path.lexists(target):
@@ -116,7 +116,7 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
     """Open a temporary file for writing; on success it replaces ``path`` in one rename."""
     requested = Path(path).expanduser()
     binary = "b" in mode
-    text_args = {} if binary else {"encoding": encoding, "newline": newline}
+    text_args: dict[str, Any] = {} if binary else {"encoding": encoding, "newline": newline}
     try:
         info = os.stat(requested)
     except FileNotFoundError:

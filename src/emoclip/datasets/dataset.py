@@ -35,6 +35,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -331,7 +332,7 @@ def fold_number(name: Path | str) -> int | None:
 
 def _fold_parts(root: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if fold_number(p) is not None and not p.name.startswith(".")
-                   and (p.is_dir() or p.suffix.lower() in (".txt", ".tsv", ".csv"))), key=lambda p: fold_number(p))
+                   and (p.is_dir() or p.suffix.lower() in (".txt", ".tsv", ".csv"))), key=lambda p: fold_number(p) or 0)
 
 
 def _pick_fold(numbers: Sequence[int], fold: int | None, where: str) -> int:
@@ -347,7 +348,7 @@ def from_kfold(root: Path, fold: int | None = None, label_file: Path | None = No
     if not parts:
         raise EmoclipError(f"no fold folders or list files in {root} (expected names like fold1, partition1, "
                            "part_1, split1 or 1)")
-    numbers = [fold_number(p) for p in parts]
+    numbers = [fold_number(p) or 0 for p in parts]  # every part has a number (_fold_parts)
     test_fold = _pick_fold(numbers, fold, str(root))
     split_of = {n: ("test" if n == test_fold else "train") for n in numbers}
     index = ImageIndex(root) if label_file is not None or any(not p.is_dir() for p in parts) else None
@@ -365,20 +366,25 @@ def from_kfold(root: Path, fold: int | None = None, label_file: Path | None = No
         if not part.is_dir():
             samples += _list_file_samples(part, root, split, index, table)
         elif label_file is not None:
-            samples += _labels_from_table(label_file, _images_in(part), root, lambda p, s=split: s)
+            samples += _labels_from_table(label_file, _images_in(part), root, _constant_split(split))
         else:
-            found = _class_folder_samples(part, split)
-            if not found and _images_in(part):
+            in_folders = _class_folder_samples(part, split)
+            if not in_folders and _images_in(part):
                 raise EmoclipError(f"{part} holds images but no class folders; give the labels with --label-file "
                                    "FILE (image<TAB>label rows, bare file names or paths relative to --root)")
-            samples += found
+            samples += in_folders
     return Dataset(f"{root.name}-fold{test_fold}", samples, source=str(root),
                    extra={"fold": test_fold, "folds": len(numbers)})
 
 
-def _manifest_entries(data: object, origin: Path) -> list[tuple[str, str, str | None]]:
+def _constant_split(split: str) -> Callable[[Path], str]:
+    """The split of every image of one fold part."""
+    return lambda _path: split
+
+
+def _manifest_entries(data: Any, origin: Path) -> list[tuple[str, str, str | None]]:
     entries = data.get("images", data.get("samples", [])) if isinstance(data, dict) else data
-    out = []
+    out: list[tuple[str, str, str | None]] = []
     for entry in entries or []:
         if isinstance(entry, list | tuple) and len(entry) >= 4:  # EmoSet: [emotion, id, image, annotation]
             out.append((str(entry[2]), str(entry[0]), None))
@@ -464,7 +470,7 @@ def from_fi(root: Path, split_seed: int = 0, **_) -> Dataset:
     """
     images = root / "emotion_dataset" if (root / "emotion_dataset").is_dir() else root
     data = from_folders(images)
-    names, ratios = zip(*FI_PROTOCOL, strict=True)
+    names, ratios = [name for name, _ in FI_PROTOCOL], [ratio for _, ratio in FI_PROTOCOL]
     split = stratified_split(data, ratios, names, split_seed)
     return replace(split, name=root.name, extra={"split_protocol": "80/5/15 stratified", "split_seed": split_seed})
 
@@ -570,8 +576,9 @@ def _apply_fold(dataset: Dataset, fold: int | None) -> Dataset:
             raise EmoclipError(f"--fold {fold}: dataset {dataset.name} has no folds; its splits are "
                                f"{', '.join(dataset.splits) or 'none'}")
         return dataset
-    test_fold = _pick_fold(sorted(set(numbers.values())), fold, dataset.source)
-    samples = [replace(s, split="test" if numbers[s.split] == test_fold else "train") for s in dataset.samples]
+    folds = {name: number for name, number in numbers.items() if number is not None}  # all of them, checked above
+    test_fold = _pick_fold(sorted(set(folds.values())), fold, dataset.source)
+    samples = [replace(s, split="test" if folds[str(s.split)] == test_fold else "train") for s in dataset.samples]
     return replace(dataset, name=f"{dataset.name}-fold{test_fold}", samples=samples,
                    extra={**dataset.extra, "fold": test_fold, "folds": len(set(numbers.values()))})
 

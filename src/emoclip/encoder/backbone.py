@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
+from typing import Any
 
 import open_clip
 import torch
@@ -225,9 +226,10 @@ def load_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_P
     # Weights, not autocast: faster (no per-call casts) and half the memory. The text tower stays
     # fp32 so class weights and trained prompts are exactly as trained (precision.py says why).
     clip.visual.to(torch_dtype(resolved))
-    preprocess = image_transform_v2(PreprocessCfg(**clip.visual.preprocess_cfg), is_train=False)
+    preprocess_cfg: dict[str, Any] = clip.visual.preprocess_cfg  # type: ignore[assignment]  # nn.Module getattr
+    preprocess = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
     tokenizer = open_clip.get_tokenizer(model)
-    spec = EncoderSpec.create(model, _weights_identity(source), clip.visual.preprocess_cfg, decode, resolved)
+    spec = EncoderSpec.create(model, _weights_identity(source), preprocess_cfg, decode, resolved)
     return Backbone(model=clip, tokenizer=tokenizer, preprocess=preprocess, device=torch_device,
                     model_name=model, weights=source, spec=spec)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emoclip.core.atomic import _pid_alive, atomic_write_text
+from emoclip.core.atomic import atomic_write_text, pid_alive
 from emoclip.core.errors import ImageDecodeError
 from emoclip.encoder.backbone import Backbone
 from emoclip.encoder.decode import DEFAULT_MAX_PIXELS, ImageBytes, ImageSource, as_source, check_header
@@ -100,7 +100,7 @@ class FeatureCache:
     def _remove_stale_temporaries(self) -> None:
         for entry in os.scandir(self.tmp):
             match = self._TMP_NAME.match(entry.name)
-            if match and not _pid_alive(int(match.group(1))):
+            if match and not pid_alive(int(match.group(1))):
                 Path(entry.path).unlink(missing_ok=True)
 
     def _stop_writing(self, exc: OSError) -> None:
@@ -210,8 +210,9 @@ def iter_features(backbone: Backbone, paths: Sequence[str | Path | ImageBytes], 
             for row, j in enumerate(batch.ok):
                 index = missing[cursor + j]
                 fresh[index] = (features[row], None)
-                if cache is not None and keys[index]:
-                    cache.put(keys[index], features[row])
+                key = keys[index]
+                if cache is not None and key:
+                    cache.put(key, features[row])
             for j, reason in batch.errors.items():
                 fresh[missing[cursor + j]] = (None, reason)
             cursor += len(batch.paths)

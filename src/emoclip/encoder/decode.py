@@ -170,12 +170,13 @@ def check_resized_size(width: int, height: int, max_pixels: int | None, resize_t
 
 def uses_draft(img: Image.Image, draft: int | None) -> bool:
     """Whether ``img`` (opened, not loaded) decodes at reduced size: a JPEG at least twice ``draft``."""
-    return bool(draft) and img.format == "JPEG" and min(img.size) >= 2 * draft
+    return draft is not None and draft > 0 and img.format == "JPEG" and min(img.size) >= 2 * draft
 
 
 def _open_source(path: str | Path | ImageBytes) -> io.BytesIO | Path:
     """What Pillow opens for ``path``: bytes in memory, or a regular, non-empty file (checked first)."""
     source = as_source(path)
+    opened: io.BytesIO | Path
     if isinstance(source, ImageBytes):
         size, opened = len(source.data), io.BytesIO(source.data)
     else:
@@ -256,7 +257,7 @@ def load_rgb(path: str | Path | ImageBytes, max_pixels: int | None = DEFAULT_MAX
             _check_shape(*img.size, max_pixels, resize_to)
             if getattr(img, "is_animated", False):
                 img.seek(0)
-            if uses_draft(img, draft):
+            if draft is not None and uses_draft(img, draft):
                 img.draft("RGB", (draft, draft))
             img.load()
             upright = ImageOps.exif_transpose(img) or img

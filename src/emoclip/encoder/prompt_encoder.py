@@ -130,7 +130,8 @@ class PromptTextEncoder:
 
             qkv_p = F.linear(blk.ln_1(prefix), blk.attn.in_proj_weight, blk.attn.in_proj_bias).chunk(3, dim=-1)
             qkv_s = F.linear(blk.ln_1(suffix), blk.attn.in_proj_weight, blk.attn.in_proj_bias).chunk(3, dim=-1)
-            attn_p = F.scaled_dot_product_attention(*map(split, qkv_p), attn_mask=mask_p)
+            q_p, k_p, v_p = map(split, qkv_p)
+            attn_p = F.scaled_dot_product_attention(q_p, k_p, v_p, attn_mask=mask_p)
             keys = torch.cat([qkv_p[1][groups], qkv_s[1]], dim=1)
             values = torch.cat([qkv_p[2][groups], qkv_s[2]], dim=1)
             attn_s = F.scaled_dot_product_attention(split(qkv_s[0]), split(keys), split(values), attn_mask=mask_s)

@@ -99,7 +99,7 @@ def evaluate(backbone: Backbone, classifier: Classifier, dataset: Dataset, label
     if len(ok) and not ok.any():
         first = min(table.errors)
         raise NothingReadableError(f"none of the {len(ok)} images of {dataset.name} could be read (first: "
-                                   f"{name_text(table.paths[first])}: {table.errors[first]}); nothing to score")
+                                   f"{name_text(str(table.paths[first]))}: {table.errors[first]}); nothing to score")
     with torch.no_grad():
         fine_probs = softmax(classifier.logits(torch.from_numpy(table.features[ok])))
     level_probs = _aggregate(fine_probs, _to_level(model_tax, level.name), len(level))

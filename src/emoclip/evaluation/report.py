@@ -169,7 +169,7 @@ def _write_run_files(evaluation: Evaluation, run: dict, out: Path, n_mistakes: i
     plot_per_class(evaluation.metrics["per_class"], out / "per_class.png", title)
     wrong = np.flatnonzero(evaluation.true != evaluation.pred)
     order = wrong[np.argsort(-evaluation.probs[wrong].max(1), kind="stable")]
-    mistakes = []
+    mistakes: list[tuple[str, int, str]] = []
     (out / "mistakes").mkdir(exist_ok=True)
     for i in order:
         if len(mistakes) >= n_mistakes:

@@ -14,6 +14,7 @@ method through the same checks.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -45,6 +46,7 @@ class Method(nn.Module):
     multi_taxonomy: ClassVar[bool] = False
     # The trainer computes ``forward`` logits for ``loss`` only when the loss reads them.
     loss_uses_logits: ClassVar[bool] = True
+    backbone: Backbone  # set in __init__ outside nn.Module's bookkeeping (declared for the type checker)
 
     @classmethod
     def preflight(cls, options: dict[str, Any]) -> None:
@@ -61,8 +63,12 @@ class Method(nn.Module):
         """N × C logits for N normalised image features (with gradients, for training)."""
         raise NotImplementedError
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Training loss; plain cross-entropy unless a method says otherwise."""
+    def loss(self, logits: torch.Tensor | None, targets: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Training loss; plain cross-entropy unless a method says otherwise.
+
+        ``logits`` is ``forward(features)``, or None for a method whose ``loss_uses_logits`` is False.
+        """
+        assert logits is not None, f"method {self.name} computes its loss from logits"
         return F.cross_entropy(logits, targets)
 
     def fit_direct(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]
@@ -113,10 +119,15 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     return decorate
 
 
-def list_methods() -> dict[str, type[Method]]:
-    from emoclip.methods import clipe, linear_probe, prompt  # noqa: F401 - registration happens on import
-    from emoclip.methods.ugrie import model as ugrie  # noqa: F401 - registration happens on import
+# The modules that register the trainable methods, as data: base imports them by name when the
+# registry is first read, so it never depends on the method modules it sits below (they import base).
+METHOD_MODULES = ("emoclip.methods.clipe", "emoclip.methods.linear_probe", "emoclip.methods.prompt",
+                  "emoclip.methods.ugrie.model")
 
+
+def list_methods() -> dict[str, type[Method]]:
+    for module in METHOD_MODULES:
+        importlib.import_module(module)  # registration happens on import
     return dict(sorted(_REGISTRY.items()))
 
 

@@ -45,6 +45,7 @@ class ClipECEConfig(MethodConfig):
 class ClipECrossEntropy(Method):
     summary = "CLIP-E cross-entropy head: feature → 512 ReLU → classes"
     Config = ClipECEConfig
+    config: ClipECEConfig
     train_defaults: ClassVar[dict[str, Any]] = {**CLIPE_RECIPE, "batch_size": 32}
 
     def __init__(self, backbone: Backbone, taxonomy: Taxonomy, config: ClipECEConfig) -> None:
@@ -82,6 +83,9 @@ def read_image_captions(path: str) -> dict[str, str]:
 class ClipEContrastive(Method):
     summary = "CLIP-E contrastive head: 512 ReLU → D, CLIP loss against caption features; any taxonomy"
     Config = ClipEContrastiveConfig
+    config: ClipEContrastiveConfig
+    caption_features: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    caption_class: torch.Tensor
     train_defaults: ClassVar[dict[str, Any]] = {**CLIPE_RECIPE, "batch_size": 8}
 
     def __init__(self, backbone: Backbone, taxonomy: Taxonomy, config: ClipEContrastiveConfig) -> None:
@@ -121,7 +125,7 @@ class ClipEContrastive(Method):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self._class_scores(self.embed(features), self.caption_features, self.caption_class, len(self.taxonomy))
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, batch: dict) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor | None, targets: torch.Tensor, batch: dict) -> torch.Tensor:
         """CLIP's symmetric contrastive loss between image embeddings and one caption per image."""
         embedded = self.embed(batch["features"])
         generator = batch["generator"]
@@ -138,7 +142,7 @@ class ClipEContrastive(Method):
             use = [i for i, c in enumerate(extra) if c and torch.rand(1, generator=generator).item() < 0.5]
             if use:
                 text = text.clone()
-                text[use] = self.backbone.encode_texts([extra[i] for i in use]).to(text)
+                text[use] = self.backbone.encode_texts([extra[i] or "" for i in use]).to(text)
         scale = self.log_scale.exp().clamp(max=100.0)
         sims = scale * embedded @ text.T
         labels = torch.arange(len(targets))
@@ -148,8 +152,8 @@ class ClipEContrastive(Method):
     def logits_for(self, target: Taxonomy, features: torch.Tensor) -> torch.Tensor:
         """Taxonomy-free inference: scores over ``target``'s classes."""
         if target.name not in self._view_cache:
-            texts, owners = self.captions_for(target)
-            self._view_cache[target.name] = (self.backbone.encode_texts(texts), torch.tensor(owners), len(target))
+            texts, owner_list = self.captions_for(target)
+            self._view_cache[target.name] = (self.backbone.encode_texts(texts), torch.tensor(owner_list), len(target))
         captions, owners, n = self._view_cache[target.name]
         return self._class_scores(self.embed(features), captions, owners, n)
 

@@ -28,6 +28,7 @@ class LinearProbeConfig(MethodConfig):
 class LinearProbe(Method):
     summary = "Linear probe: logistic regression, L2 strength chosen on validation"
     Config = LinearProbeConfig
+    config: LinearProbeConfig
 
     def __init__(self, backbone: Backbone, taxonomy: Taxonomy, config: LinearProbeConfig) -> None:
         super().__init__(backbone, taxonomy, config)

@@ -61,6 +61,7 @@ class PromptMethod(Method):
     """Shared implementation; registered as ``ptdpc`` and ``coop`` with different defaults."""
 
     Config = PromptConfig
+    config: PromptConfig
     # CoOp's recipe (Zhou et al., IJCV 2022; configs/methods/coop.yaml): SGD 0.002, cosine after one
     # warm-up epoch at 1e-5, weight decay 5e-4, batch 32, 200 epochs (its 16-shot setting).
     train_defaults: ClassVar[dict[str, Any]] = {
@@ -122,7 +123,8 @@ class PromptMethod(Method):
         text = self.encoder.encode(composed, classes, self.config.learn_sot, groups).view(n, c, -1)
         return self.logit_scale * torch.einsum("nd,ncd->nc", features, text)
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, batch: dict) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor | None, targets: torch.Tensor, batch: dict) -> torch.Tensor:
+        assert logits is not None  # loss_uses_logits: the trainer always passes them
         if self.config.loss == "softmax-ce":  # the release: cross_entropy(softmax(logits)) — a double softmax
             return F.cross_entropy(torch.softmax(logits, dim=-1), targets)
         return F.cross_entropy(logits, targets)

@@ -360,12 +360,14 @@ def create_app(pool: TaggerPool, settings: ServeSettings) -> FastAPI:
             metrics.images.labels("tagged" if r is None else r.kind).inc()
             if r is not None:
                 metrics.errors.labels(r.kind).inc()
-        body: dict = {"taxonomy": _taxonomy_name(pool, key), "predictions": [prediction_record(r) for r in rows]}
+        filled = [r for r in rows if r is not None]  # every row: refused up front, or tagged
+        body: dict = {"taxonomy": _taxonomy_name(pool, key), "predictions": [prediction_record(r) for r in filled]}
         status = 200
-        if all(r is not None for r in refusals):  # nothing could be tagged: the first reason decides the answer
-            first = next(i for i, r in enumerate(refusals) if r is not None)
-            status = refusals[first].status
-            body = {"detail": f"{rows[first].path}: {rows[first].error}", "kind": refusals[first].kind, **body}
+        first_refusal = next((r for r in refusals if r is not None), None)
+        if all(r is not None for r in refusals) and first_refusal is not None:  # nothing tagged: the first reason
+            first = refusals.index(first_refusal)
+            status = first_refusal.status
+            body = {"detail": f"{filled[first].path}: {filled[first].error}", "kind": first_refusal.kind, **body}
         return JSONResponse(body, status)
 
     return app
@@ -377,13 +379,16 @@ class CancellableBytes(ImageBytes):
     The model thread reads ``data`` only when it decodes the image; by then a cancelled request's
     images read as empty and fail at once instead of being decoded for nobody."""
 
+    _bytes: bytes
+    _cancelled: threading.Event
+
     def __init__(self, name: str, data: bytes, cancelled: threading.Event) -> None:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "_bytes", data)
         object.__setattr__(self, "_cancelled", cancelled)
 
     @property
-    def data(self) -> bytes:  # type: ignore[override]
+    def data(self) -> bytes:
         return b"" if self._cancelled.is_set() else self._bytes
 
 

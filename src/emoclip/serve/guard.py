@@ -93,8 +93,9 @@ class GuardedH11Protocol(H11Protocol):
         self.guard.note_waiting(self)
 
     def _cancel_header_timer(self) -> None:
-        if getattr(self, "_header_timer", None) is not None:
-            self._header_timer.cancel()
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
             self._header_timer = None
 
     def _header_timeout(self) -> None:

@@ -54,7 +54,7 @@ class TaggerPool:
         return sum(c.hits for c in caches.values()), sum(c.misses for c in caches.values())
 
     def describe(self) -> dict:
-        described = getattr(self.default.classifier, "describe", lambda: {})()
+        described: dict = getattr(self.default.classifier, "describe", lambda: {})()
         return {"method": described.get("method", type(self.default.classifier).__name__),
                 "taxonomy": self.default.taxonomy.name, "classes": self.default.taxonomy.names,
                 "per_request_taxonomy": self.retargetable, "backbone": self.default.backbone.identity(),

@@ -16,6 +16,7 @@ import asyncio
 import io
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any, cast
 
 from PIL import Image, UnidentifiedImageError
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
@@ -67,9 +68,9 @@ class _FormBuilder:
         self._header_value = bytearray()
         self._headers: dict[bytes, bytes] = {}
         self._data = bytearray()
-        self._name, self._filename = "", None
+        self._name, self._filename = "", cast("str | None", None)
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> Any:  # python_multipart.MultipartCallbacks (a TypedDict)
         return {"on_part_begin": self._part_begin, "on_header_field": self._header_field_data,
                 "on_header_value": self._header_value_data, "on_header_end": self._header_end,
                 "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,

@@ -68,7 +68,8 @@ class TaggerConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaggerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        return cls(**values)
 
 
 def preflight(config: TaggerConfig) -> None:
@@ -120,7 +121,9 @@ def build_classifier(config: TaggerConfig, backbone: Backbone | None = None) -> 
     from emoclip.methods.zeroshot import ZeroShotClassifier
 
     backbone = backbone or load_backbone_for(config)
-    return backbone, ZeroShotClassifier(backbone, load_taxonomy_for(config), config.templates, config.synonyms)
+    taxonomy = load_taxonomy_for(config)
+    assert taxonomy is not None  # the default taxonomy applies
+    return backbone, ZeroShotClassifier(backbone, taxonomy, config.templates, config.synonyms)
 
 
 def open_cache(config: TaggerConfig, backbone: Backbone) -> FeatureCache | None:

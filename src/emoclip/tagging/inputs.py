@@ -370,7 +370,7 @@ def read_path_list(list_file: str, path_column: str = DEFAULT_PATH_COLUMN) -> li
                            "Parquet file")
     if source.suffix.lower() == ".parquet":
         return _read_parquet_list(source, shown, path_column)
-    return _read_text_list(source, shown)
+    return list(_read_text_list(source, shown))
 
 
 def _stamp(path: str) -> str:
@@ -535,6 +535,7 @@ def _read_file(item: Item) -> ImageBytes | str:
 def _read_member(item: Item, handles: dict[str, IO[bytes]]) -> ImageBytes | str:
     if item.size > MAX_MEMBER_BYTES:  # an index from elsewhere (a manifest) is not trusted either
         return f"tar member is {item.size:,} bytes, over the {MAX_MEMBER_BYTES:,}-byte limit for one image member"
+    assert item.tar is not None  # a tar member (index_tar) names its tar
     try:
         if item.tar not in handles:
             handles[item.tar] = open(item.tar, "rb")  # noqa: SIM115 (closed by load_items)

@@ -23,9 +23,10 @@ import inspect
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 from emoclip.core.errors import EmoclipError
+from emoclip.encoder.decode import ImageBytes
 from emoclip.tagging.inputs import Item, load_items
 from emoclip.tagging.shards import ShardJob, ShardLayout, ShardProgress, ShardResult, tag_shard
 
@@ -68,7 +69,7 @@ def read_shard(row: dict[str, Any]) -> dict[str, Any]:
     items = [Item.from_dict(d) for d in json.loads(row["items"])]
     loaded = load_items(items, as_bytes=True)
     return {"shard": row["shard"], "items": row["items"],
-            "data": [b"" if isinstance(x, str) else x.data for x in loaded],
+            "data": [b"" if isinstance(x, str) else cast(ImageBytes, x).data for x in loaded],
             "problem": [x if isinstance(x, str) else "" for x in loaded]}
 
 
@@ -112,9 +113,13 @@ def _cluster_plan(ray: Any, config: dict[str, Any], actors: int | None, cpus_per
     return actors or max(1, int(spare // cpus_per_actor)), {"num_cpus": cpus_per_actor}
 
 
-def run_ray(job: ShardJob, progress: ShardProgress, ray_address: str | None = None, actors: int | None = None,
-            cpus_per_actor: float = 1, **_: Any) -> None:
-    """Run the job's remaining shards on Ray (joining ``ray_address``/RAY_ADDRESS, else a local Ray)."""
+def run_ray(job: ShardJob, tagger: Any, progress: ShardProgress, ray_address: str | None = None,
+            actors: int | None = None, cpus_per_actor: float = 1, **_: Any) -> None:
+    """Run the job's remaining shards on Ray (joining ``ray_address``/RAY_ADDRESS, else a local Ray).
+
+    The signature is every engine's (``shards.ENGINES``); ``tagger`` is the driver's and unused here:
+    each actor builds its own from ``job.config``.
+    """
     ray = _import_ray()
     started_here = not ray.is_initialized()
     if started_here:

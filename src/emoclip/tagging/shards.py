@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import io
 import json
 import logging
@@ -325,13 +326,18 @@ def run_local(job: ShardJob, tagger: Tagger, progress: ShardProgress, **_: Any) 
         progress.shard(result, images_counted=True)
 
 
-def _run_ray(job: ShardJob, tagger: Tagger, progress: ShardProgress, **options: Any) -> None:
-    from emoclip.tagging.ray_engine import run_ray  # Ray is imported only for --engine ray
+# Engines by name; "module:function" entries are imported when chosen (Ray only for --engine ray),
+# which also keeps this module from depending on the engines built on top of it.
+ENGINES: dict[str, Callable[..., None] | str] = {"local": run_local, "ray": "emoclip.tagging.ray_engine:run_ray"}
 
-    run_ray(job, progress, **options)
 
-
-ENGINES: dict[str, Callable[..., None]] = {"local": run_local, "ray": _run_ray}
+def engine_function(name: str) -> Callable[..., None]:
+    """The engine called ``name``: run(job, tagger, progress, **options)."""
+    engine = ENGINES[name]
+    if isinstance(engine, str):
+        module, _, function = engine.partition(":")
+        engine = getattr(importlib.import_module(module), function)
+    return engine
 
 
 @dataclass(frozen=True)
@@ -371,7 +377,7 @@ def run_sharded(config: TaggerConfig, inputs: InputSet, output_dir: str | Path, 
         if todo:
             bar = ShardProgress(job, progress)
             try:
-                ENGINES[engine](job, tagger, bar, **engine_options)
+                engine_function(engine)(job, tagger, bar, **engine_options)
             finally:
                 bar.close()
     done = shards.done

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -30,6 +30,18 @@ class Classifier(Protocol):
     taxonomy: Taxonomy
 
     def logits(self, image_features: torch.Tensor) -> torch.Tensor: ...
+
+    def describe(self) -> dict:
+        """The method and its options, as recorded in run folders and shard manifests."""
+        ...
+
+
+class TextGeneratingClassifier(Classifier, Protocol):
+    """A classifier that also writes a sentence per image (``generates_text`` true, e.g. ugrie)."""
+
+    generates_text: bool
+
+    def logits_and_texts(self, image_features: torch.Tensor) -> tuple[torch.Tensor, list[str]]: ...
 
 
 @dataclass
@@ -86,7 +98,9 @@ class Tagger:
         """Predictions for already-encoded, normalised image features."""
         texts: list[str | None] = [None] * len(paths)
         if self.generates_text:  # one pass gives the scores and the sentence
-            logits, texts = self.classifier.logits_and_texts(features)
+            generator = cast(TextGeneratingClassifier, self.classifier)
+            logits, generated = generator.logits_and_texts(features)
+            texts = list(generated)
         else:
             logits = self.classifier.logits(features)
         fine = LevelProbabilities(self.taxonomy, softmax(logits))

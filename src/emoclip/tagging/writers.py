@@ -17,7 +17,7 @@ import csv
 import json
 import math
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -63,7 +63,7 @@ class RowWriter:
 
     binary = False
 
-    def __init__(self, handle: IO, class_names: Sequence[str], levels: dict[str, Sequence[str]],
+    def __init__(self, handle: IO, class_names: Sequence[str], levels: Mapping[str, Sequence[str]],
                  generated: bool = False, extra_columns: Sequence[str] = ()) -> None:
         self.handle = handle
         self.class_names = list(class_names)
@@ -105,7 +105,7 @@ class JsonWriter(RowWriter):
         self.handle.write("\n]\n" if self.count else "]\n")
 
 
-def flat_row(pred: Prediction, class_names: Sequence[str], levels: dict[str, Sequence[str]],
+def flat_row(pred: Prediction, class_names: Sequence[str], levels: Mapping[str, Sequence[str]],
              generated: bool = False) -> dict:
     """One flat row (CSV and Parquet): label, probability, top-k, one column per class and level."""
     fmt = _number
@@ -202,7 +202,7 @@ def choose_format(fmt: str | None, output: str | Path | None) -> str:
 
 @contextlib.contextmanager
 def open_writer(fmt: str, output: str | Path | None, class_names: Sequence[str],
-                levels: dict[str, Sequence[str]], generated: bool = False,
+                levels: Mapping[str, Sequence[str]], generated: bool = False,
                 extra_columns: Sequence[str] = ()) -> Iterator[RowWriter]:
     """A writer to ``output`` (atomic) or stdout; the document is completed only on success."""
     factory = WRITERS[fmt]

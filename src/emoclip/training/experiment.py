@@ -34,8 +34,7 @@ import yaml
 from emoclip.core.atomic import atomic_write_bytes, atomic_write_text
 from emoclip.core.errors import EmoclipError, NothingReadableError, TaxonomyError
 from emoclip.core.files import name_text
-from emoclip.core.userfiles import parse_document, read_text
-from emoclip.datasets.dataset import Dataset, few_shot, open_dataset, stratified_split
+from emoclip.datasets.dataset import Dataset
 from emoclip.encoder.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_backbone
 from emoclip.encoder.cache import FeatureCache, compute_features, default_cache_dir
 from emoclip.evaluation.evaluate import evaluate
@@ -43,72 +42,23 @@ from emoclip.evaluation.report import write_run
 from emoclip.labels.taxonomy import Taxonomy, load_taxonomy
 from emoclip.methods.base import create_method, list_methods
 from emoclip.methods.checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint
+from emoclip.training.common import (  # noqa: F401 - read_config(s), merge, SECTIONS: public here too
+    SECTIONS,
+    feature_tensors,
+    few_shot_part,
+    merge,
+    open_data,
+    read_config,
+    read_configs,
+    train_val,
+)
 from emoclip.training.trainer import TrainConfig, train
+from emoclip.training.unified import run_unified
 
 log = logging.getLogger("emoclip")
-SECTIONS = {"method", "options", "taxonomy", "label_taxonomy", "data", "backbone", "train", "also", "eval_split",
-            "name", "datasets"}  # datasets: several at once, each with its taxonomy (emoclip.training.unified)
-
-
-def read_configs(paths: list[str | Path]) -> dict[str, Any]:
-    """Several config files merged in order (e.g. a dataset's, then a method's)."""
-    merged: dict[str, Any] = {}
-    for path in paths:
-        merged = merge(merged, read_config(path))
-    return merged
-
-
-def read_config(path: str | Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise EmoclipError(f"config file {path} does not exist")
-    suffix = ".toml" if file.suffix.lower() == ".toml" else ".yaml"
-    data = parse_document(read_text(file, "config"), suffix, str(path), "config")
-    if data is not None and not isinstance(data, dict):
-        raise EmoclipError(f"config {path} is not a mapping of sections; use the sections "
-                           f"{', '.join(sorted(SECTIONS))} (see configs/)")
-    unknown = sorted(map(str, set(data or {}) - SECTIONS))
-    if unknown:
-        raise EmoclipError(f"config {path}: unknown section {', '.join(unknown)}; known: {', '.join(sorted(SECTIONS))}")
-    return data or {}
-
-
-def merge(base: dict, override: dict) -> dict:
-    """Recursive merge; ``None`` in the override means 'not given'."""
-    out = dict(base)
-    for key, value in override.items():
-        if value is None:
-            continue
-        out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
-
-
-def _train_val(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """The data's own val split if it has one, else a stratified part carved from train."""
-    train_part = data.split("train")
-    if "val" in data.splits:
-        return train_part, data.split("val")
-    if fraction <= 0:
-        return train_part, train_part.subset([], f"{data.name}:val")
-    carved = stratified_split(train_part, [1 - fraction, fraction], ["train", "val"], seed)
-    val = [i for i, s in enumerate(carved.samples) if s.split == "val"]
-    if not val:
-        log.warning("too few training images to hold out a validation part; the last epoch is kept")
-        return train_part, train_part.subset([], f"{data.name}:val")
-    keep = [i for i, s in enumerate(carved.samples) if s.split == "train"]
-    return carved.subset(keep, f"{data.name}:train"), carved.subset(val, f"{data.name}:val")
 
 
 ZERO_SHOT = "zero-shot"
-
-
-def _open_data(config: dict[str, Any]) -> Dataset:
-    data_cfg = config.get("data") or {}
-    return open_dataset(data_cfg.get("root"), data_cfg.get("split_file"), data_cfg.get("manifests") or (),
-                        data_cfg.get("layout"), data_cfg.get("fold"), data_cfg.get("label_file"),
-                        data_cfg.get("votes"), data_cfg.get("split_seed") or 0)
 
 
 def run_zero_shot(config: dict[str, Any], out: str | Path, device: str = "auto", cache_dir: str | None = None,
@@ -127,7 +77,7 @@ def run_zero_shot(config: dict[str, Any], out: str | Path, device: str = "auto",
         raise EmoclipError(f"method '{ZERO_SHOT}' has no option {', '.join(unknown)}; its options: synonyms, templates")
     taxonomy = load_taxonomy(config.get("taxonomy") or "emotionroi6")
     label_taxonomy = load_taxonomy(config.get("label_taxonomy") or taxonomy.name)
-    data = _open_data(config)
+    data = open_data(config)
     eval_split = config.get("eval_split", "test")
     test = data.split(eval_split)
     test.label_indices(label_taxonomy)
@@ -148,11 +98,6 @@ def run_zero_shot(config: dict[str, Any], out: str | Path, device: str = "auto",
                "test": {"accuracy": result.metrics["accuracy"], "macro_f1": result.metrics["macro_f1"]}}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _tensors(table, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    ok = torch.from_numpy(table.ok)
-    return torch.from_numpy(table.features)[ok], torch.from_numpy(labels)[ok]
 
 
 def vote_targets(part: Dataset, label_taxonomy: Taxonomy, model_taxonomy: Taxonomy) -> np.ndarray:
@@ -181,10 +126,6 @@ def vote_targets(part: Dataset, label_taxonomy: Taxonomy, model_taxonomy: Taxono
     return targets
 
 
-def _few_shot(part: Dataset, shots: int, seed: int, label_taxonomy: Taxonomy) -> tuple[Dataset, dict]:
-    return few_shot(part, shots, seed, label_of=lambda s: label_taxonomy.index(s.label))
-
-
 def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto", cache_dir: str | None = None,
                    no_cache: bool = False, resume: bool = False, progress: bool | None = None) -> dict:
     """Train the configured method and evaluate it; returns the summary written to ``out/summary.json``.
@@ -207,13 +148,11 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
                            f"{', '.join(methods)}")
     methods[name].preflight(config.get("options") or {})
     if config.get("datasets"):
-        from emoclip.training.unified import run_unified
-
         return run_unified(config, out, device, cache_dir, no_cache, resume, progress)
     train_options = merge(methods[name].train_defaults, config.get("train") or {})
     train_config = TrainConfig.from_dict(train_options)
     taxonomy = load_taxonomy(config.get("taxonomy") or "emotionroi6")
-    data = _open_data(config)
+    data = open_data(config)
     label_taxonomy = load_taxonomy(config.get("label_taxonomy") or taxonomy.name)
     data.label_indices(label_taxonomy)
     if label_taxonomy.name != taxonomy.name:
@@ -225,14 +164,14 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
         indices = part.label_indices(label_taxonomy)
         return indices if to_model is None else to_model[indices]
 
-    train_set, val_set = _train_val(data, train_config.val_fraction, train_config.seed)
+    train_set, val_set = train_val(data, train_config.val_fraction, train_config.seed)
     data_meta: dict[str, Any] = {"source": data.source, "name": data.name, "fold": data.extra.get("fold"),
                                  "layout": data.extra.get("layout")}
     if train_config.shots:
-        train_set, data_meta["few_shot"] = _few_shot(train_set, train_config.shots, train_config.seed,
+        train_set, data_meta["few_shot"] = few_shot_part(train_set, train_config.shots, train_config.seed,
                                                      label_taxonomy)
         if len(val_set):
-            val_set, data_meta["few_shot_val"] = _few_shot(val_set, min(train_config.shots, 4), train_config.seed,
+            val_set, data_meta["few_shot_val"] = few_shot_part(val_set, min(train_config.shots, 4), train_config.seed,
                                                            label_taxonomy)
 
     backbone_cfg = config.get("backbone") or {}
@@ -244,13 +183,14 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
     val_table = compute_features(backbone, val_set.paths, cache)
     for table in (train_table, val_table):
         for i, reason in table.errors.items():
-            log.warning("skipping %s: %s", name_text(table.paths[i]), reason)
+            log.warning("skipping %s: %s", name_text(str(table.paths[i])), reason)
     if len(train_table.ok) and not train_table.ok.any():
         raise NothingReadableError(f"none of the {len(train_table.ok)} training images could be read (first: "
-                                   f"{name_text(train_table.paths[0])}: {train_table.errors[0]}); nothing to train on")
+                                   f"{name_text(str(train_table.paths[0]))}: {train_table.errors[0]}); "
+                                   "nothing to train on")
     lost = {"train": len(train_table.errors), "val": len(val_table.errors)}
     listed = {"train": len(train_table.paths), "val": len(val_table.paths)}
-    train_xy = _tensors(train_table, labels_of(train_set))
+    train_xy = feature_tensors(train_table, labels_of(train_set))
     keep_paths = [str(train_table.paths[i]) for i in range(len(train_table.paths)) if train_table.ok[i]]
     if train_config.target == "votes":
         soft = torch.from_numpy(vote_targets(train_set, label_taxonomy, taxonomy))[torch.from_numpy(train_table.ok)]
@@ -261,7 +201,7 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
         keep_paths = [p for p, v in zip(keep_paths, voted.tolist(), strict=True) if v]
         if not len(train_xy[1]):
             raise EmoclipError("--target votes: no training image has votes (all neutral or not in the vote table)")
-    val_xy = _tensors(val_table, labels_of(val_set))
+    val_xy = feature_tensors(val_table, labels_of(val_set))
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump({**config, "train": asdict(train_config)}, sort_keys=False))

@@ -14,7 +14,7 @@ models at once, predicting under each. A config lists the datasets; each is a da
     train: {epochs: 10}
 
 Every dataset is opened, checked, labelled and split exactly as a single-dataset run does it (the
-shared ``experiment._open_data``, ``_train_val`` and, with ``train.shots``, ``_few_shot``), its
+shared ``common.open_data``, ``train_val`` and, with ``train.shots``, ``few_shot_part``), its
 images encoded through the one feature cache, and its classes become targets of the method's own
 task (``method.target_index``). The training parts are concatenated, so the trainer's per-epoch
 shuffle mixes the datasets in every epoch; model selection uses every dataset's validation part,
@@ -44,7 +44,7 @@ from emoclip.evaluation.report import write_run
 from emoclip.labels.taxonomy import Taxonomy, load_taxonomy
 from emoclip.methods.base import create_method, list_methods
 from emoclip.methods.checkpoint import classifier_for, load_checkpoint
-from emoclip.training.experiment import _few_shot, _open_data, _tensors, _train_val, merge, read_config
+from emoclip.training.common import feature_tensors, few_shot_part, merge, open_data, read_config, train_val
 from emoclip.training.trainer import TrainConfig, train
 
 log = logging.getLogger("emoclip")
@@ -96,17 +96,17 @@ def dataset_entries(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 def open_part(entry: dict[str, Any], train_config: TrainConfig) -> DatasetPart:
     """A dataset opened, labelled, split and (``train.shots``) few-shot sampled as a single-dataset run does."""
-    data = _open_data(entry)
+    data = open_data(entry)
     taxonomy = load_taxonomy(entry["taxonomy"])
     label_taxonomy = load_taxonomy(entry.get("label_taxonomy") or taxonomy.name)
     data.label_indices(label_taxonomy)  # unknown labels fail before any encoding
     if label_taxonomy.name != taxonomy.name:
         label_taxonomy.mapping_to(taxonomy.name)  # fails early when the labels cannot map to the task
-    train_part, val_part = _train_val(data, train_config.val_fraction, train_config.seed)
+    train_part, val_part = train_val(data, train_config.val_fraction, train_config.seed)
     if train_config.shots:  # the few-shot protocol every method shares, applied to each dataset
-        train_part, _ = _few_shot(train_part, train_config.shots, train_config.seed, label_taxonomy)
+        train_part, _ = few_shot_part(train_part, train_config.shots, train_config.seed, label_taxonomy)
         if len(val_part):
-            val_part, _ = _few_shot(val_part, min(train_config.shots, 4), train_config.seed, label_taxonomy)
+            val_part, _ = few_shot_part(val_part, min(train_config.shots, 4), train_config.seed, label_taxonomy)
     return DatasetPart(entry["name"], taxonomy, label_taxonomy, data, train_part, val_part,
                        list(entry.get("also") or []), entry.get("eval_split", "test"))
 
@@ -142,7 +142,8 @@ def run_unified(config: dict[str, Any], out: str | Path, device: str = "auto", c
             hits, misses = hits + table.hits, misses + table.misses
             for i, reason in table.errors.items():
                 log.warning("skipping %s: %s", table.paths[i], reason)
-        (x, y), (vx, vy) = _tensors(tables[0], part.labels(part.train)), _tensors(tables[1], part.labels(part.val))
+        (x, y) = feature_tensors(tables[0], part.labels(part.train))
+        (vx, vy) = feature_tensors(tables[1], part.labels(part.val))
         xs.append(x)
         ys.append(method.target_index(part.taxonomy, y))
         vxs.append(vx)

@@ -109,6 +109,7 @@ def _taxonomy(ref: Any) -> Taxonomy:
 class UGRIE(Method):
     summary = "UGRIE: CLIP feature → prefix → BART fills an emotion template; any taxonomy, several at once"
     Config = UGRIEConfig
+    config: UGRIEConfig
     # Ours (the abstract gives no recipe): AdamW as for BART fine-tuning, a rate the mapping network
     # also learns at, few epochs (the datasets are small).
     train_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.01,

@@ -16,6 +16,7 @@ import argparse
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 SPECIAL = ("<s>", "<pad>", "</s>", "<unk>")  # BART's ids 0-3
 # tiny: weights drawn 10× wider than BART's 0.02 and no dropout, so a one-layer model starts reading the image
@@ -27,7 +28,7 @@ TINY = {"d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "encoder_attent
 # layers, width 1024: 406 M parameters), not bart-base's.
 BASE = {"d_model": 768, "encoder_layers": 6, "decoder_layers": 6, "encoder_attention_heads": 12,
         "decoder_attention_heads": 12, "encoder_ffn_dim": 3072, "decoder_ffn_dim": 3072}
-SIZES = {"tiny": TINY, "base": BASE}
+SIZES: dict[str, dict[str, Any]] = {"tiny": TINY, "base": BASE}
 
 
 def emoclip_words(extra_words: Iterable[str] = ()) -> list[str]:
