@@ -55,7 +55,8 @@ def make_server(app: FastAPI, settings: ServeSettings, log_level: str = "warning
     guard = ConnectionGuard(settings.header_timeout_s, settings.max_open_connections)
     app.state.connections = guard
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
-                            server_header=False, http=guarded_protocol(guard), timeout_keep_alive=int(settings.keep_alive_s),
+                            server_header=False, http=guarded_protocol(guard),
+                            timeout_keep_alive=int(settings.keep_alive_s),
                             timeout_graceful_shutdown=int(settings.request_timeout_s + GRACE_EXTRA_S))
     return uvicorn.Server(config)
 
