@@ -6,27 +6,18 @@ training part and scored on the validation part; the best is refitted on trainin
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from emoclip.encoder.backbone import Backbone
 from emoclip.labels.taxonomy import Taxonomy
-from emoclip.methods.base import Method, MethodConfig, register_method
-
-
-@dataclasses.dataclass
-class LinearProbeConfig(MethodConfig):
-    l2_grid: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # λ · ‖W‖² added to the mean loss
-    max_iter: int = 200
-    l2: float = -1.0  # the chosen λ (set by fitting)
+from emoclip.methods.base import Method, register_method
+from emoclip.schema.methods import LinearProbeConfig  # options, ranges and help: the method's card
 
 
 @register_method("linear-probe")
 class LinearProbe(Method):
-    summary = "Linear probe: logistic regression, L2 strength chosen on validation"
     Config = LinearProbeConfig
 
     def __init__(self, backbone: Backbone, taxonomy: Taxonomy, config: LinearProbeConfig) -> None:

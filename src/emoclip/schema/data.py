@@ -1,0 +1,31 @@
+"""Where the labelled data is: the ``data:`` section of an experiment, and the dataset flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emoclip.core.options import option, validate
+from emoclip.datasets.dataset import LAYOUTS
+
+# Options naming a file or folder: a grid resolves them relative to the grid file, a config
+# relative to the working folder.
+PATH_OPTIONS = ("root", "split_file", "manifests", "label_file", "votes")
+
+
+@dataclass
+class DataOptions:
+    """The data of one experiment (``emoclip.datasets.open_dataset``'s arguments)."""
+
+    root: str | None = option(None, "Image folder (paths in split files and manifests are relative to it).")
+    split_file: str | None = option(None, "CSV/TSV with image, label, split columns (e.g. emotion6/split_70_30.tsv).")
+    manifests: list[str] | None = option(None, "JSON manifest(s).")
+    layout: str | None = option(None, f"Data layout: {', '.join(LAYOUTS)}; default: inferred.",
+                                rule=lambda v: v is None or v in LAYOUTS, rule_text=f"one of {', '.join(LAYOUTS)}")
+    fold: int | None = option(None, "k-fold data: the test fold (the others train).", min=1)
+    label_file: str | None = option(None, "Labels in one table (image<TAB>label; bare file names or paths relative "
+                                          "to the root; header optional) for images without class folders.")
+    votes: str | None = option(None, "Vote distributions: a table of image and one column per emotion.")
+    split_seed: int | None = option(None, "Seed of a split emoclip makes itself (data without a fixed split).")
+
+    def __post_init__(self) -> None:
+        validate(self, "data", "fix the dataset flag or the config's data section")
