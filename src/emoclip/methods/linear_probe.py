@@ -53,11 +53,12 @@ class LinearProbe(Method):
         else:
             refit_vy = vy
         scores = {}
-        for l2 in self.config.l2_grid:
+        grid = self.config.l2_grid if self.config.l2 < 0 else (self.config.l2,)  # a fixed l2 skips the search
+        for l2 in grid:
             self._fit(x, y, l2)
             with torch.no_grad():
                 scores[l2] = (self.linear(vx).argmax(1) == vy).float().mean().item() if len(vy) else 0.0
-        best = max(self.config.l2_grid, key=lambda v: (scores[v], v))  # ties → stronger regularisation
+        best = max(grid, key=lambda v: (scores[v], v))  # ties → stronger regularisation
         self.config.l2 = best
         self._fit(torch.cat([x, vx]), torch.cat([y, refit_vy]), best)
         # val_accuracy is the selection score (the refit has seen the validation part)

@@ -21,7 +21,7 @@ class DataOptions:
     manifests: list[str] | None = option(None, "JSON manifest(s).")
     layout: str | None = option(None, f"Data layout: {', '.join(LAYOUTS)}; default: inferred.",
                                 rule=lambda v: v is None or v in LAYOUTS, rule_text=f"one of {', '.join(LAYOUTS)}")
-    fold: int | None = option(None, "k-fold data: the test fold (the others train).", min=1)
+    fold: int | None = option(None, "k-fold data: the test fold (the others train).")
     label_file: str | None = option(None, "Labels in one table (image<TAB>label; bare file names or paths relative "
                                           "to the root; header optional) for images without class folders.")
     votes: str | None = option(None, "Vote distributions: a table of image and one column per emotion.")

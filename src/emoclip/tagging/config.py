@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from emoclip.encoder.decode import DEFAULT_MAX_PIXELS
+from emoclip.schema.encoder import TAGGING
 
 if TYPE_CHECKING:
     from emoclip.encoder.backbone import Backbone
@@ -27,14 +28,15 @@ if TYPE_CHECKING:
 class TaggerConfig:
     """Everything that decides a tagger's rows (and how fast it makes them)."""
 
-    # the backbone
-    model: str | None = None          # open_clip architecture; default ViT-B-32, or the checkpoint's
-    pretrained: str | None = None     # tag, weights file or 'random'; default openai, or the checkpoint's
-    device: str = "auto"
-    # the encoder's speed options (encoder_spec.py): they change features slightly, so they are part
-    # of the encoder spec that keys the cache and is recorded in reports and checkpoints
-    precision: str = "auto"           # auto | fp32 | bf16 | fp16 (precision.py: measured per machine)
-    decode: str = "draft"             # draft: large JPEGs decode at reduced size; full: exact
+    # the backbone and the encoder's speed options: their defaults (and help, and valid values) are the
+    # schema's tagging defaults (emoclip.schema.encoder.TAGGING), the same for the CLI, the Python API,
+    # the service and Ray actors. Precision and decoding change features slightly, so they are part of
+    # the encoder spec that keys the cache and is recorded in reports and checkpoints.
+    model: str | None = TAGGING.model          # open_clip architecture; default ViT-B-32, or the checkpoint's
+    pretrained: str | None = TAGGING.pretrained  # tag, weights file or 'random'; default openai, or the checkpoint's
+    device: str = TAGGING.device
+    precision: str = TAGGING.precision         # auto | fp32 | bf16 | fp16 (precision.py: measured per machine)
+    decode: str = TAGGING.decode               # draft: large JPEGs decode at reduced size; full: exact
     # the classifier
     checkpoint: str | None = None     # a run folder from `emoclip train`; None: zero-shot
     taxonomy: str | None = None       # built-in name or file; default mikels8, or the checkpoint's
