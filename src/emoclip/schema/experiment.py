@@ -23,10 +23,12 @@ encoded — whether it came from a file, a flag or a grid.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
-from emoclip.core.errors import EmoclipError, short_repr
-from emoclip.core.options import check_options
+from emoclip.core.errors import EmoclipError, short_repr, shorten
+from emoclip.core.options import check_options, load_value
+from emoclip.core.userfiles import parse_document, read_text
 from emoclip.schema.data import DataOptions
 from emoclip.schema.encoder import EncoderOptions
 from emoclip.schema.methods import canonical_name, method_card
@@ -95,3 +97,67 @@ def check_experiment(config: dict[str, Any], origin: str = "config") -> dict[str
         if card.trainable:
             TrainConfig.from_dict({**card.train_defaults, **{k: v for k, v in train.items() if v is not None}})
     return out
+
+
+def read_config(path: str | Path | None) -> dict[str, Any]:
+    """One experiment config file (YAML or TOML), its sections named but not yet checked."""
+    if path is None:
+        return {}
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise EmoclipError(f"config file {path} does not exist")
+    suffix = ".toml" if file.suffix.lower() == ".toml" else ".yaml"
+    data = parse_document(read_text(file, "config"), suffix, str(path), "config")
+    if data is not None and not isinstance(data, dict):
+        raise EmoclipError(f"config {path} is not a mapping of sections; use the sections "
+                           f"{', '.join(sorted(SECTIONS))} (see configs/)")
+    unknown = sorted(map(str, set(data or {}) - set(SECTIONS)))
+    if unknown:
+        raise EmoclipError(f"config {path}: unknown section {', '.join(unknown)}; known: {', '.join(sorted(SECTIONS))}")
+    return data or {}
+
+
+def read_configs(paths: list[str | Path]) -> dict[str, Any]:
+    """Several config files merged in order (e.g. a dataset's, then a method's)."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        merged = merge(merged, read_config(path))
+    return merged
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursive merge; ``None`` in the override means 'not given'."""
+    out = dict(base)
+    for key, value in override.items():
+        if value is None:
+            continue
+        out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def parse_sets(items: list[str] | tuple[str, ...], bare_section: str = "options") -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as a nested override: ``n_ctx=4`` is a method option (``options``),
+    ``train.epochs=2`` or ``data.root=DIR`` name their section. Values are YAML with numbers as users
+    write them (``1e-6``)."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise EmoclipError(f"--set needs KEY=VALUE, got '{shorten(str(item), 80)}'; write e.g. --set n_ctx=4 or "
+                               "--set train.epochs=2")
+        try:
+            value = load_value(text)
+        except Exception:  # yaml.YAMLError and its scanner errors
+            raise EmoclipError(f"--set {shorten(str(item), 80)}: the value is not valid YAML; quote it") from None
+        section, dot, option_name = key.partition(".")
+        if not dot:
+            section, option_name = bare_section, key
+        if section not in SECTIONS:
+            raise EmoclipError(f"--set {key}: unknown section '{section}'; use one of {', '.join(sorted(SECTIONS))} "
+                               "(e.g. train.epochs), or a bare method option")
+        if option_name:
+            overrides.setdefault(section, {})[option_name] = value
+        else:
+            overrides[section] = value
+    return overrides

@@ -36,7 +36,6 @@ import yaml
 from emoclip.core.atomic import atomic_write_bytes, atomic_write_text
 from emoclip.core.errors import EmoclipError, NothingReadableError, TaxonomyError
 from emoclip.core.files import name_text
-from emoclip.core.userfiles import parse_document, read_text
 from emoclip.datasets.dataset import Dataset, few_shot, open_dataset, stratified_split
 from emoclip.encoder.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_backbone
 from emoclip.encoder.cache import FeatureCache, compute_features, default_cache_dir
@@ -46,48 +45,13 @@ from emoclip.labels.taxonomy import Taxonomy, load_taxonomy
 from emoclip.methods.base import create_method
 from emoclip.methods.checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint
 from emoclip.schema.encoder import EXACT
-from emoclip.schema.experiment import SECTIONS, check_experiment
+from emoclip.schema.experiment import SECTIONS, check_experiment, merge, read_config, read_configs
 from emoclip.schema.methods import ZERO_SHOT, ZeroShotConfig, method_card, method_names
 from emoclip.schema.record import RunRecord
 from emoclip.training.trainer import TrainConfig, train
 
 log = logging.getLogger("emoclip")
 __all__ = ["SECTIONS", "ZERO_SHOT", "merge", "read_config", "read_configs", "run_experiment"]
-
-
-def read_configs(paths: list[str | Path]) -> dict[str, Any]:
-    """Several config files merged in order (e.g. a dataset's, then a method's)."""
-    merged: dict[str, Any] = {}
-    for path in paths:
-        merged = merge(merged, read_config(path))
-    return merged
-
-
-def read_config(path: str | Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise EmoclipError(f"config file {path} does not exist")
-    suffix = ".toml" if file.suffix.lower() == ".toml" else ".yaml"
-    data = parse_document(read_text(file, "config"), suffix, str(path), "config")
-    if data is not None and not isinstance(data, dict):
-        raise EmoclipError(f"config {path} is not a mapping of sections; use the sections "
-                           f"{', '.join(sorted(SECTIONS))} (see configs/)")
-    unknown = sorted(map(str, set(data or {}) - set(SECTIONS)))
-    if unknown:
-        raise EmoclipError(f"config {path}: unknown section {', '.join(unknown)}; known: {', '.join(sorted(SECTIONS))}")
-    return data or {}
-
-
-def merge(base: dict, override: dict) -> dict:
-    """Recursive merge; ``None`` in the override means 'not given'."""
-    out = dict(base)
-    for key, value in override.items():
-        if value is None:
-            continue
-        out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
 
 
 def _train_val(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
