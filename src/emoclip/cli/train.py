@@ -144,11 +144,21 @@ def aggregate(runs, metric, out) -> None:
 @click.argument("grid", type=click.Path(exists=True, dir_okay=False))
 @click.option("--device", default="auto", show_default=True, envvar="EMOCLIP_DEVICE", help="auto, cpu, cuda or cuda:N.")
 @cache_options
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Every run's data root (your copy of the dataset), overriding the grid's.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a setting of every run, e.g. --set train.epochs=2 or --set backbone.model=ViT-B-16 "
+                   "(repeatable).")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Folder of the runs and the table, overriding the grid's out.")
 @click.option("--dry-run", is_flag=True, help="List the runs that would run, run nothing.")
-@click.option("--progress/--no-progress", default=None)
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
 @handle_errors
-def sweep(grid, device, cache_dir, no_cache, dry_run, progress) -> None:
-    """Run a grid of methods × seeds × shots × folds from a YAML file (skipping finished runs), then aggregate."""
+def sweep(grid, device, cache_dir, no_cache, root, sets, out, dry_run, progress) -> None:
+    """Run a grid of methods × seeds × shots × folds from a YAML file (skipping finished runs), then aggregate.
+
+    Paths in the grid are relative to the grid file; --root, --set and --out override it for every run.
+    """
     from emoclip.training.sweep import run_sweep
 
-    run_sweep(grid, device, cache_dir, no_cache, progress, dry_run, echo=click.echo)
+    run_sweep(grid, device, cache_dir, no_cache, progress, dry_run, echo=click.echo, root=root, sets=sets, out=out)

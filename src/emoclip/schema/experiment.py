@@ -135,7 +135,7 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def parse_sets(items: list[str] | tuple[str, ...], bare_section: str = "options") -> dict[str, Any]:
+def parse_sets(items: list[str] | tuple[str, ...], bare_section: str | None = "options") -> dict[str, Any]:
     """``--set KEY=VALUE`` items as a nested override: ``n_ctx=4`` is a method option (``options``),
     ``train.epochs=2`` or ``data.root=DIR`` name their section. Values are YAML with numbers as users
     write them (``1e-6``)."""
@@ -152,6 +152,9 @@ def parse_sets(items: list[str] | tuple[str, ...], bare_section: str = "options"
             raise EmoclipError(f"--set {shorten(str(item), 80)}: the value is not valid YAML; quote it") from None
         section, dot, option_name = key.partition(".")
         if not dot:
+            if bare_section is None:
+                raise EmoclipError(f"--set {key}: name the section, e.g. --set train.epochs=2, --set options.{key}=… "
+                                   "or --set backbone.model=ViT-B-16")
             section, option_name = bare_section, key
         if section not in SECTIONS:
             raise EmoclipError(f"--set {key}: unknown section '{section}'; use one of {', '.join(sorted(SECTIONS))} "
