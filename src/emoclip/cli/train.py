@@ -36,8 +36,8 @@ def _recipe_names() -> list[str]:
                    "--config files and flags override it.")
 @click.option("--config", "config_files", multiple=True, type=click.Path(dir_okay=False),
               help="YAML/TOML experiment config(s) (see configs/), merged in order; command-line options override.")
-@click.option("--method", type=click.Choice(_method_choices()), default=None,
-              help="Method to train (`emoclip methods` lists them with their options).")
+@click.option("--method", default=None, metavar="NAME",
+              help=f"Method to train: {', '.join(_method_choices())} (`emoclip methods` lists their options).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="A method option, e.g. --set weight=cos01 or --set l2=1e-6 (repeatable; `emoclip methods` lists "
                    "each method's options with their ranges); SECTION.KEY=VALUE sets another section, e.g. "
