@@ -10,7 +10,8 @@
         print(row.path, row.label, row.probability)
 
     summary = emoclip.train("ptdpc", out="runs/ptdpc", root="emotion6/images",
-                            split_file="emotion6/split_70_30.tsv", taxonomy="emotionroi6", epochs=2, lr=0.01)
+                            split_file="emotion6/split_70_30.tsv", taxonomy="emotionroi6",
+                            model="ViT-B-32", pretrained="openai", epochs=2, lr=0.01)
     metrics = emoclip.evaluate("runs/ptdpc", root="emotion6/images", split_file="emotion6/split_70_30.tsv")
     method = emoclip.load_checkpoint("runs/ptdpc")
     emoclip.list_methods(), emoclip.list_recipes(), emoclip.list_taxonomies()
