@@ -43,7 +43,7 @@ class Spec:
     max_open: bool = False
     choices: tuple[str, ...] | None = None
     rule: Callable[[Any], bool] | None = None   # a custom check, with rule_text saying what it allows
-    rule_text: str = ""
+    rule_text: str | Callable[[], str] = ""     # a callable: computed when shown (a registry read lazily)
 
     def allows(self, value: Any) -> bool:
         if self.rule is not None:
@@ -60,7 +60,7 @@ class Spec:
     def allowed_text(self) -> str:
         """The valid values in words: 'at least 1', 'in (0, 1]', 'one of sgd, adam'."""
         if self.rule_text:
-            return self.rule_text
+            return self.rule_text() if callable(self.rule_text) else self.rule_text
         if self.choices is not None:
             return f"one of {', '.join(self.choices)}"
         low, high = self.min, self.max
@@ -76,7 +76,7 @@ class Spec:
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
            min: float | None = None, max: float | None = None, min_open: bool = False, max_open: bool = False,
            choices: Sequence[str] | None = None, rule: Callable[[Any], bool] | None = None,
-           rule_text: str = "") -> Any:
+           rule_text: str | Callable[[], str] = "") -> Any:
     """A dataclass field with its help and its valid values (checked by ``check_options``/``validate``)."""
     if not help:
         raise ValueError("every option needs help")

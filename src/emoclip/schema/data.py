@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from emoclip.core.options import option, validate
-from emoclip.datasets.dataset import LAYOUTS
+
+
+def _layouts() -> tuple[str, ...]:
+    """The dataset layouts' registry, read when a layout is checked or shown (it imports numpy and
+    Pillow: listing methods must not pay for it)."""
+    from emoclip.datasets.dataset import LAYOUTS
+
+    return tuple(LAYOUTS)
 
 # Options naming a file or folder: a grid resolves them relative to the grid file, a config
 # relative to the working folder.
@@ -19,8 +26,9 @@ class DataOptions:
     root: str | None = option(None, "Image folder (paths in split files and manifests are relative to it).")
     split_file: str | None = option(None, "CSV/TSV with image, label, split columns (e.g. emotion6/split_70_30.tsv).")
     manifests: list[str] | None = option(None, "JSON manifest(s).")
-    layout: str | None = option(None, f"Data layout: {', '.join(LAYOUTS)}; default: inferred.",
-                                rule=lambda v: v is None or v in LAYOUTS, rule_text=f"one of {', '.join(LAYOUTS)}")
+    layout: str | None = option(None, "Data layout (the layouts of emoclip.datasets); default: inferred from what "
+                                      "is given.", rule=lambda v: v is None or v in _layouts(),
+                                rule_text=lambda: f"one of {', '.join(_layouts())}")
     fold: int | None = option(None, "k-fold data: the test fold (the others train).")
     label_file: str | None = option(None, "Labels in one table (image<TAB>label; bare file names or paths relative "
                                           "to the root; header optional) for images without class folders.")
