@@ -22,7 +22,15 @@ from tests.conftest import EMOTIONS, make_split_data
 from tests.conftest import TINY_CLI as TINY
 from tests.conftest import run_cli as run
 
-SCHEMA_CLASSES = [EncoderOptions, DataOptions, TrainConfig, RunRecord, *(c.config for c in METHOD_CARDS.values())]
+
+def _tagger_config():
+    from emoclip.tagging.config import TaggerConfig
+
+    return TaggerConfig
+
+
+SCHEMA_CLASSES = [EncoderOptions, DataOptions, TrainConfig, RunRecord, _tagger_config(),
+                  *(c.config for c in METHOD_CARDS.values())]
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +80,25 @@ def test_every_registered_method_has_a_card():
     assert method_card("zeroshot").name == "zero-shot"  # one name per method
     with pytest.raises(EmoclipError, match="unknown method 'nope'.*ptdpc"):
         method_card("nope")
+
+
+def test_every_recipe_is_a_valid_experiment():
+    from emoclip.recipes import list_recipes
+    from emoclip.schema.experiment import check_experiment, read_config
+
+    recipes = list_recipes()
+    assert recipes
+    for name, path in recipes.items():
+        checked = check_experiment(read_config(path), f"recipe {name}")
+        assert method_card(checked["method"]).trainable
+
+
+def test_tagger_config_refuses_what_the_flags_refuse():
+    from emoclip.tagging.config import TaggerConfig
+
+    with pytest.raises(EmoclipError, match="tagging option top_k must be at least 1, got 0"):
+        TaggerConfig(top_k=0)
+    assert TaggerConfig(also=["polarity"]).also == ("polarity",)  # kept as the field's container
 
 
 def test_trainer_registries_are_the_schema_choices():
