@@ -256,3 +256,13 @@ def test_listing_and_checking_import_no_torch(code):
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_train_recipe_flag_runs_a_named_recipe(data, tmp_path):
+    root, split = data
+    result = run("train", "--recipe", "clipe-ce", "-t", "emotionroi6", "--epochs", 1, "--root", root, "--split-file",
+                 split, *TINY, "--no-progress", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["method"] == "clipe-ce"
+    refused = run("train", "--recipe", "nope", "--out", tmp_path / "other")
+    assert refused.exit_code == 2 and "unknown recipe 'nope'; the recipes: clipe-ce" in refused.stderr
