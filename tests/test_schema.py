@@ -189,10 +189,13 @@ def test_lr_turns_the_recipe_grid_off_and_help_says_so():
     assert result.exit_code == 0
     text = " ".join(result.stdout.split())
     assert "turns off the recipe's lr grid" in text and "cosine" in text
-    from emoclip.cli.train import train_command
+    from emoclip.cli.info import methods
+    from emoclip.cli.train import aggregate, sweep, train_command
 
-    for param in train_command.params:
-        assert param.name == "help" or getattr(param, "help", None), f"--{param.name} has no help"
+    for command in (train_command, sweep, aggregate, methods):
+        for param in command.params:
+            if isinstance(param, __import__("click").Option):
+                assert param.help, f"{command.name} --{param.name} has no help"
 
 
 # -- grids -------------------------------------------------------------------------------------------

@@ -24,6 +24,12 @@ def _method_choices() -> list[str]:
     return method_names()
 
 
+def _metrics() -> list[str]:
+    from emoclip.evaluation.aggregate import METRICS
+
+    return list(METRICS)
+
+
 def _recipe_names() -> list[str]:
     from emoclip.recipes import list_recipes
 
@@ -114,8 +120,8 @@ def train_command(recipe, config_files, method, sets, root, split_file, manifest
 
 @click.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--metric", type=click.Choice(["accuracy", "balanced_accuracy", "macro_f1"]), default="accuracy",
-              show_default=True)
+@click.option("--metric", type=click.Choice(_metrics()), default="accuracy", show_default=True,
+              help="The figure each cell averages.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Also write the table here (.md) and its figures beside it (.json).")
 @handle_errors
