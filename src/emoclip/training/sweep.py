@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +136,7 @@ def _base(grid: dict[str, Any]) -> Path:
 def _resolve(base: Path, name: str) -> str:
     """A grid's path: relative to the grid file's folder (absolute and ~ paths as given)."""
     path = Path(name).expanduser()
-    return str(path if path.is_absolute() else base / path)
+    return os.path.normpath(path if path.is_absolute() else base / path)
 
 
 def _resolve_data(base: Path, section: Any) -> Any:
