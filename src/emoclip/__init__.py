@@ -1,12 +1,16 @@
 """emoclip: image emotion classification with CLIP.
 
-Python API (the CLI uses the same code path)::
+Python API (the CLI uses the same code path and the same defaults; see docs/python-api.md)::
 
-    from emoclip import load_backbone, load_taxonomy, ZeroShotClassifier, Tagger
-    backbone = load_backbone("ViT-B-32", "openai")
-    tagger = Tagger(backbone, ZeroShotClassifier(backbone, load_taxonomy("mikels8")))
-    for row in tagger.tag(["photos/"]):
+    import emoclip
+
+    tagger = emoclip.create_tagger(model="ViT-B-32", pretrained="openai", taxonomy="mikels8")
+    for row in tagger.tag_paths(["photos/"]):
         print(row.path, row.label, row.probability)
+
+``emoclip.train``, ``emoclip.evaluate`` and ``emoclip.load_checkpoint`` run and read experiments;
+``emoclip.list_methods()``, ``list_recipes()`` and ``list_taxonomies()`` list what there is
+without importing torch. Every name loads on first use, so ``import emoclip`` stays cheap.
 """
 
 from __future__ import annotations
@@ -24,9 +28,20 @@ _LAZY = {
     "Prediction": "tagging.tagger", "Tagger": "tagging.tagger",
     "Taxonomy": "labels.taxonomy", "load_taxonomy": "labels.taxonomy", "taxonomy_from_labels": "labels.taxonomy",
     "ZeroShotClassifier": "methods.zeroshot",
+    "create_tagger": "api", "evaluate": "api", "list_methods": "api", "list_recipes": "api",
+    "list_taxonomies": "api", "load_checkpoint": "api", "train": "api",
 }
 
 if TYPE_CHECKING:
+    from emoclip.api import (
+        create_tagger,
+        evaluate,
+        list_methods,
+        list_recipes,
+        list_taxonomies,
+        load_checkpoint,
+        train,
+    )
     from emoclip.encoder.backbone import Backbone, load_backbone
     from emoclip.labels.taxonomy import Taxonomy, load_taxonomy, taxonomy_from_labels
     from emoclip.methods.zeroshot import ZeroShotClassifier
@@ -44,5 +59,6 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
 __all__ = ["Backbone", "EmoclipError", "ImageDecodeError", "Prediction", "Tagger", "Taxonomy", "TaxonomyError",
-           "WeightsUnavailableError", "ZeroShotClassifier", "__version__", "load_backbone", "load_taxonomy",
-           "taxonomy_from_labels"]
+           "WeightsUnavailableError", "ZeroShotClassifier", "__version__", "create_tagger", "evaluate",
+           "list_methods", "list_recipes", "list_taxonomies", "load_backbone", "load_checkpoint", "load_taxonomy",
+           "taxonomy_from_labels", "train"]

@@ -166,7 +166,7 @@ CONFIGS = {
     "epochs_zero": ("train: {epochs: 0}\n", r"training option epochs must be at least 1"),
     "val_fraction_negative": ("train: {val_fraction: -0.5}\n", r"val_fraction must be in \[0, 1\)"),
     "momentum_one": ("train: {momentum: 1.0}\n", r"momentum must be in \[0, 1\)"),
-    "optimizer_unknown": ("train: {optimizer: rmsprop}\n", r"unknown optimizer 'rmsprop'"),
+    "optimizer_unknown": ("train: {optimizer: rmsprop}\n", r"optimizer must be one of sgd, adam, adamw, got 'rmsprop'"),
     "unknown_train_key": ("train: {lr_typo: 1}\n", r"unknown training option lr_typo"),
     "unknown_section": ("trian: {}\n", r"unknown section trian"),
     "list": ("- a\n- b\n", r"is not a mapping of sections"),

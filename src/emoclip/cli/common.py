@@ -1,4 +1,9 @@
-"""What every command shares: option groups, the one error path, exit codes, logging."""
+"""What every command shares: option groups, the one error path, exit codes, logging.
+
+Flags for options the typed schema declares (``emoclip.schema``) are made from it by
+``schema_option``: their type, range, choices and help come from the one declaration, so a flag
+cannot disagree with the config file, ``--set`` or the Python API.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from collections.abc import Callable
 import click
 
 from emoclip.core.errors import EmoclipError, explain, shorten
+from emoclip.schema.encoder import TAGGING, EncoderOptions
 
 EXIT_SOME_FAILED = 1
 
@@ -38,6 +44,45 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger().setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
+def schema_option(cls: type, name: str, *flags: str, help_suffix: str = "", **overrides) -> Callable:
+    """A click option for field ``name`` of schema class ``cls``: type and range (IntRange,
+    FloatRange, Choice), help with the valid values and the schema's default. The flag's own
+    default is None ("not given"), so a config file or a method's recipe fills it in."""
+    import dataclasses
+    import typing
+
+    from emoclip.core.options import default_of, spec_of
+
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    spec = spec_of(f)
+    kinds = [k for k in typing.get_args(typing.get_type_hints(cls)[name]) or (typing.get_type_hints(cls)[name],)
+             if k is not type(None)]
+    kind = kinds[0] if kinds else str
+    low = None if spec.min is None else spec.min
+    high = None if spec.max is None else spec.max
+    click_type: click.ParamType | type
+    if spec.choices is not None:
+        click_type = click.Choice(spec.choices)
+    elif kind is int:
+        click_type = click.IntRange(None if low is None else int(low), None if high is None else int(high),
+                                    min_open=spec.min_open, max_open=spec.max_open) if spec.min is not None or \
+            spec.max is not None else click.INT
+    elif kind is float:
+        click_type = click.FloatRange(low, high, min_open=spec.min_open, max_open=spec.max_open) \
+            if low is not None or high is not None else click.FLOAT
+    else:
+        click_type = click.STRING
+    text = spec.help.rstrip(".")
+    allowed = spec.allowed_text()
+    if allowed and spec.choices is None:
+        text += f"; {allowed}"
+    default = default_of(f)
+    text += f" [default: {default if not isinstance(default, str) else default or 'none'}, or the recipe's]" \
+        if default is not None else ""
+    settings = {"type": click_type, "default": None, "help": text + help_suffix, **overrides}
+    return click.option(*(flags or ("--" + name.replace("_", "-"),)), **settings)
+
+
 def backbone_options(func: Callable) -> Callable:
     """--model / --pretrained / --device, shared by every command that loads CLIP."""
     options = [
@@ -48,7 +93,7 @@ def backbone_options(func: Callable) -> Callable:
                      help="open_clip pretrained tag (downloaded on first use), a local weights file "
                           "(.pt/.pth/.bin/.safetensors), or `random` (benchmarks only). Default openai, or the "
                           "checkpoint's. Env: EMOCLIP_PRETRAINED."),
-        click.option("--device", default="auto", show_default=True, envvar="EMOCLIP_DEVICE",
+        click.option("--device", default=TAGGING.device, show_default=True, envvar="EMOCLIP_DEVICE",
                      help="auto, cpu, cuda or cuda:N."),
     ]
     for option in reversed(options):
@@ -67,17 +112,28 @@ def cache_options(func: Callable) -> Callable:
 def speed_options(precision: str | None, decode: str | None) -> Callable[[Callable], Callable]:
     """--precision (and --decode): the encoder options that trade exactness for speed, with each
     command's default (predict: auto/draft; evaluate and train: exact fp32/full, opt in with the flag)."""
+    import dataclasses
+
+    from emoclip.core.options import spec_of
+
+    specs = {f.name: spec_of(f) for f in dataclasses.fields(EncoderOptions)}
+
     def add(func: Callable) -> Callable:
         if decode is not None:
-            func = click.option("--decode", type=click.Choice(["draft", "full"]), default=decode, show_default=True,
-                                help="draft: JPEGs at least twice the model input decode at reduced size (fast on "
-                                     "photos, pixels differ slightly); full: exact.")(func)
+            func = click.option("--decode", type=click.Choice(specs["decode"].choices or ()), default=decode,
+                                show_default=True, help=specs["decode"].help[0].upper() + specs["decode"].help[1:]
+                                + ".")(func)
         fallback = "" if precision else " [default: fp32, or the config's backbone.precision]"
-        return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=precision,
+        return click.option("--precision", type=click.Choice(specs["precision"].choices or ()), default=precision,
                             show_default=precision is not None, envvar="EMOCLIP_PRECISION",
-                            help="Image encoder number format; auto: bf16 where this CPU measurably runs it faster, "
-                                 "fp16 on CUDA, else fp32." + fallback)(func)
+                            help=specs["precision"].help[0].upper() + specs["precision"].help[1:] + "."
+                            + fallback)(func)
     return add
+
+
+def tagging_speed_options(func: Callable) -> Callable:
+    """--precision/--decode with the tagging defaults of the schema (the Python API's and the service's)."""
+    return speed_options(TAGGING.precision, TAGGING.decode)(func)
 
 
 def taxonomy_options(func: Callable) -> Callable:
@@ -101,8 +157,8 @@ def taxonomy_options(func: Callable) -> Callable:
 
 
 def tagger_config(checkpoint=None, taxonomy=None, labels=None, templates=None, synonyms=False, model=None,
-            pretrained=None, device="auto", precision="auto", decode="draft", cache_dir=None, no_cache=False,
-            **rest):
+                  pretrained=None, device=TAGGING.device, precision=TAGGING.precision, decode=TAGGING.decode,
+                  cache_dir=None, no_cache=False, **rest):
     """The TaggerConfig of a command's options (tagging.py builds every front end's tagger from it)."""
     from emoclip.tagging.config import TaggerConfig
 

@@ -10,19 +10,31 @@ from emoclip.cli.common import (
 
 
 @click.command()
-def methods() -> None:
-    """List the methods: zero-shot (no training) and the trainable ones with their options."""
-    import dataclasses
+@click.option("--json", "as_json", is_flag=True, help="The method cards as JSON (options, ranges, recipes).")
+@click.option("--brief", is_flag=True, help="One line per method, without its options.")
+def methods(as_json: bool, brief: bool) -> None:
+    """List the methods: zero-shot and the trainable ones, each with its options (type, default, valid
+    values, help), capabilities and training recipe. Reads the method cards: no torch is imported."""
+    from emoclip.schema.methods import list_method_cards
 
-    from emoclip.methods import list_methods
+    cards = list_method_cards()
+    if as_json:
+        import json
 
-    click.echo("zero-shot: CLIP with prompts, no training (`emoclip evaluate`/`predict` without --checkpoint)")
-    click.echo("    templates = 'a photo seems to express a feeling of {}'  (--templates, --synonyms)")
-    for name, cls in list_methods().items():
-        click.echo(f"{name}: {cls.summary}")
-        for f in dataclasses.fields(cls.Config):
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[operator]
-            click.echo(f"    {f.name} = {default!r}")
+        click.echo(json.dumps([card.to_dict() for card in cards.values()], indent=2, default=str))
+        return
+    for card in cards.values():
+        tags = [t for t, on in (("no training", not card.trainable), ("several taxonomies", card.multi_taxonomy))
+                if on] + [f"downloads {w}" for w in card.external_weights]
+        click.echo(f"{card.name}: {card.summary}" + (f"  [{', '.join(tags)}]" if tags else ""))
+        if brief:
+            continue
+        for info in card.options():
+            allowed = f"; {info.allowed}" if info.allowed else ""
+            click.echo(f"    {info.name} = {info.default!r}  ({info.type}{allowed}) {info.help}")
+        if card.train_defaults:
+            recipe = ", ".join(f"{k}={v}" for k, v in card.train_defaults.items())
+            click.echo(f"    recipe: {recipe}" + (f"  (--recipe {card.recipe})" if card.recipe else ""))
 
 
 @click.command()

@@ -8,7 +8,10 @@ over its taxonomy; ``train.py`` owns the loop. Methods register by name, the tim
     class PTDPC(Method): ...
 
 and ``create_method(name, backbone, taxonomy, config)`` builds one; tests run every registered
-method through the same checks.
+method through the same checks. What a method *is* — its options with types, ranges and help, its
+summary, its paper's training recipe, its capabilities — is its card in ``emoclip.schema.methods``
+(readable without torch); ``register_method`` takes those from the card and refuses a name without
+one, so the listing and the implementation cannot drift apart.
 """
 
 from __future__ import annotations
@@ -25,19 +28,16 @@ from torch import nn
 from emoclip.core.errors import EmoclipError
 from emoclip.encoder.backbone import Backbone
 from emoclip.labels.taxonomy import Taxonomy
+from emoclip.schema.methods import METHOD_CARDS, MethodCard, MethodConfig
 
 _REGISTRY: dict[str, type[Method]] = {}
-
-
-@dataclasses.dataclass
-class MethodConfig:
-    """Base for method configs (dataclasses: every field is a documented, serialisable option)."""
 
 
 class Method(nn.Module):
     """Base class: features → logits, a loss, and the defaults of its paper's training recipe."""
 
     name: ClassVar[str] = ""
+    card: ClassVar[MethodCard]
     summary: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     # The optimiser recipe of the method's paper; the trainer's defaults for it.
@@ -110,10 +110,18 @@ def seeded_init(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Register an implementation under its card's name; the card supplies config, summary, recipe and
+    capabilities (a class naming another ``Config`` than its card is a bug, refused at import)."""
     def decorate(cls: type[Method]) -> type[Method]:
         if name in _REGISTRY:
             raise ValueError(f"method '{name}' is registered twice")
-        cls.name = name
+        card = METHOD_CARDS.get(name)
+        if card is None or not card.trainable:
+            raise ValueError(f"method '{name}' has no trainable card in emoclip.schema.methods; add one")
+        if cls.Config is not MethodConfig and cls.Config is not card.config:
+            raise ValueError(f"method '{name}': Config {cls.Config.__name__} is not its card's {card.config.__name__}")
+        cls.name, cls.card, cls.Config, cls.summary = name, card, card.config, card.summary
+        cls.train_defaults, cls.multi_taxonomy = dict(card.train_defaults), card.multi_taxonomy
         _REGISTRY[name] = cls
         return cls
     return decorate
@@ -132,22 +140,21 @@ def list_methods() -> dict[str, type[Method]]:
 
 
 def make_config(cls: type[Method], options: dict[str, Any] | None) -> MethodConfig:
-    """The method's config from a dict, refusing unknown keys with the list of known ones."""
-    options = dict(options or {})
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise EmoclipError(f"method '{cls.name}' has no option {', '.join(unknown)}; its options: "
-                           f"{', '.join(sorted(fields)) or 'none'}")
-    from emoclip.core.options import check_option_types
+    """The method's config from a dict: unknown keys refused with the list of known ones, every value
+    type- and range-checked against the card (one line naming the option and its valid values)."""
+    from emoclip.core.options import build
 
-    return cls.Config(**check_option_types(cls.Config, options, f"method '{cls.name}'"))
+    return build(cls.Config, options, f"method '{cls.name}'")
 
 
 def create_method(name: str, backbone: Backbone, taxonomy: Taxonomy, options: dict[str, Any] | None = None
                   ) -> Method:
     methods = list_methods()
     if name not in methods:
-        raise EmoclipError(f"unknown method '{name}'; `emoclip methods` lists them: {', '.join(methods)}")
+        from emoclip.schema.methods import method_card
+
+        if method_card(name).trainable is False:  # refuses unknown names with the list
+            raise EmoclipError(f"method '{name}' trains nothing; `emoclip evaluate` scores it (or use one of "
+                               f"{', '.join(methods)})")
     cls = methods[name]
     return cls(backbone, taxonomy, make_config(cls, options))

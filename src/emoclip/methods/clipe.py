@@ -14,10 +14,8 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 from pathlib import Path
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,27 +24,14 @@ from torch import nn
 from emoclip.core.errors import EmoclipError
 from emoclip.encoder.backbone import Backbone
 from emoclip.labels.taxonomy import Taxonomy
-from emoclip.methods.base import Method, MethodConfig, register_method, seeded_init
-
-SENTIMENT_CAPTION = "a photo that seems to express {}"
-# The CLIP-E paper's optimiser for both heads: Adam 1e-3, ×0.1 on a validation-loss plateau, at most 15
-# epochs, stopped when the validation loss stops improving (batch 32 CE, 8 contrastive). The patiences
-# are emoclip's choice (the paper gives none); configs/methods/clipe-*.yaml carry the same values.
-CLIPE_RECIPE: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "scheduler": "plateau", "gamma": 0.1, "patience": 2,
-                                "epochs": 15, "monitor": "val_loss", "early_stopping": 3}
-
-
-@dataclasses.dataclass
-class ClipECEConfig(MethodConfig):
-    hidden: int = 512
+from emoclip.methods.base import Method, register_method, seeded_init
+from emoclip.schema.methods import SENTIMENT_CAPTION, ClipECEConfig, ClipEContrastiveConfig  # noqa: F401 - the cards
 
 
 @register_method("clipe-ce")
 class ClipECrossEntropy(Method):
-    summary = "CLIP-E cross-entropy head: feature → 512 ReLU → classes"
     Config = ClipECEConfig
     config: ClipECEConfig
-    train_defaults: ClassVar[dict[str, Any]] = {**CLIPE_RECIPE, "batch_size": 32}
 
     def __init__(self, backbone: Backbone, taxonomy: Taxonomy, config: ClipECEConfig) -> None:
         super().__init__(backbone, taxonomy, config)
@@ -55,15 +40,6 @@ class ClipECrossEntropy(Method):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features.float())
-
-
-@dataclasses.dataclass
-class ClipEContrastiveConfig(MethodConfig):
-    hidden: int = 512
-    caption: str = SENTIMENT_CAPTION      # SC; SSC uses the same caption with each synonym
-    synonyms: bool = True                 # include synonym captions (SSC)
-    image_captions: str = ""              # optional CSV/TSV: image path, caption (IC)
-    init_temperature: float = 0.07
 
 
 def read_image_captions(path: str) -> dict[str, str]:
@@ -81,12 +57,10 @@ def read_image_captions(path: str) -> dict[str, str]:
 
 @register_method("clipe-contrastive")
 class ClipEContrastive(Method):
-    summary = "CLIP-E contrastive head: 512 ReLU → D, CLIP loss against caption features; any taxonomy"
     Config = ClipEContrastiveConfig
     config: ClipEContrastiveConfig
     caption_features: torch.Tensor  # buffers (register_buffer), declared for the type checker
     caption_class: torch.Tensor
-    train_defaults: ClassVar[dict[str, Any]] = {**CLIPE_RECIPE, "batch_size": 8}
 
     def __init__(self, backbone: Backbone, taxonomy: Taxonomy, config: ClipEContrastiveConfig) -> None:
         super().__init__(backbone, taxonomy, config)

@@ -6,27 +6,18 @@ training part and scored on the validation part; the best is refitted on trainin
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from emoclip.encoder.backbone import Backbone
 from emoclip.labels.taxonomy import Taxonomy
-from emoclip.methods.base import Method, MethodConfig, register_method
-
-
-@dataclasses.dataclass
-class LinearProbeConfig(MethodConfig):
-    l2_grid: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # λ · ‖W‖² added to the mean loss
-    max_iter: int = 200
-    l2: float = -1.0  # the chosen λ (set by fitting)
+from emoclip.methods.base import Method, register_method
+from emoclip.schema.methods import LinearProbeConfig  # options, ranges and help: the method's card
 
 
 @register_method("linear-probe")
 class LinearProbe(Method):
-    summary = "Linear probe: logistic regression, L2 strength chosen on validation"
     Config = LinearProbeConfig
     config: LinearProbeConfig
 
@@ -63,11 +54,12 @@ class LinearProbe(Method):
         else:
             refit_vy = vy
         scores = {}
-        for l2 in self.config.l2_grid:
+        grid = self.config.l2_grid if self.config.l2 < 0 else (self.config.l2,)  # a fixed l2 skips the search
+        for l2 in grid:
             self._fit(x, y, l2)
             with torch.no_grad():
                 scores[l2] = (self.linear(vx).argmax(1) == vy).float().mean().item() if len(vy) else 0.0
-        best = max(self.config.l2_grid, key=lambda v: (scores[v], v))  # ties → stronger regularisation
+        best = max(grid, key=lambda v: (scores[v], v))  # ties → stronger regularisation
         self.config.l2 = best
         self._fit(torch.cat([x, vx]), torch.cat([y, refit_vy]), best)
         # val_accuracy is the selection score (the refit has seen the validation part)

@@ -23,9 +23,6 @@ which applies a softmax before the cross-entropy (a double softmax).
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,39 +31,18 @@ from emoclip.core.errors import EmoclipError
 from emoclip.encoder.backbone import Backbone
 from emoclip.encoder.prompt_encoder import PromptTextEncoder, context_template
 from emoclip.labels.taxonomy import Taxonomy
-from emoclip.methods.base import Method, MethodConfig, register_method
+from emoclip.methods.base import Method, register_method
+from emoclip.schema.methods import LOSSES, CoOpConfig, PromptConfig  # options, ranges, help: the cards
 
 WEIGHTS = {
     "cos": lambda cos: cos,                   # paper, equation 3
     "cos01": lambda cos: (cos + 1.0) / 2.0,   # authors' release
 }
-LOSSES = ("ce", "softmax-ce")
-
-
-@dataclasses.dataclass
-class PromptConfig(MethodConfig):
-    template: str = "a photo seems to express a feeling of {}"  # context initialised from its words
-    n_ctx: int = 0                    # >0: that many randomly initialised context tokens instead
-    instance_specific: bool = True    # compose the prompt per image from its feature
-    class_specific: bool = True       # one learnable block per class (else one shared block)
-    weight: str = "cos"               # cos (paper eq. 3) | cos01 ((cos+1)/2, release)
-    normalize: bool = False           # divide the weights by their sum over classes
-    learn_sot: bool = False           # the start token is part of the learnable block (release)
-    loss: str = "ce"                  # ce | softmax-ce (release: softmax before cross-entropy)
-    init_std: float = 0.02            # for random context (n_ctx > 0)
-    trim: bool = True                 # run the text encoder on the needed positions only
-
-
 class PromptMethod(Method):
     """Shared implementation; registered as ``ptdpc`` and ``coop`` with different defaults."""
 
     Config = PromptConfig
     config: PromptConfig
-    # CoOp's recipe (Zhou et al., IJCV 2022; configs/methods/coop.yaml): SGD 0.002, cosine after one
-    # warm-up epoch at 1e-5, weight decay 5e-4, batch 32, 200 epochs (its 16-shot setting).
-    train_defaults: ClassVar[dict[str, Any]] = {
-        "optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 200, "batch_size": 32,
-        "scheduler": "cosine", "warmup_epochs": 1, "warmup_lr": 1e-5}
 
     def __init__(self, backbone: Backbone, taxonomy: Taxonomy, config: PromptConfig) -> None:
         super().__init__(backbone, taxonomy, config)
@@ -134,24 +110,10 @@ class PromptMethod(Method):
 class PTDPC(PromptMethod):
     """PT-DPC: class-specific prompts composed per image by similarity to its feature."""
 
-    summary = "PT-DPC: learnable class-specific prompts composed per image (paper + release variants)"
-    # The paper's recipe (configs/methods/ptdpc-paper.yaml): SGD momentum 0.9, lr chosen on validation
-    # among 0.1/0.01/0.001, StepLR(3, 0.9), batch 64, 10 epochs.
-    train_defaults: ClassVar[dict[str, Any]] = {
-        "optimizer": "sgd", "lr": 0.01, "lr_grid": [0.1, 0.01, 0.001], "momentum": 0.9, "epochs": 10,
-        "batch_size": 64, "scheduler": "step", "step_size": 3, "gamma": 0.9}
-
-
-@dataclasses.dataclass
-class CoOpConfig(PromptConfig):
-    template: str = "a photo of a {}."
-    instance_specific: bool = False
-    class_specific: bool = False
 
 
 @register_method("coop")
 class CoOp(PromptMethod):
     """CoOp: a shared (or class-specific, ``class_specific: true``) learnable context."""
 
-    summary = "CoOp: shared or class-specific learnable context tokens (same prompt machinery)"
     Config = CoOpConfig

@@ -14,7 +14,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from emoclip.core.options import option, spec_of, validate
 from emoclip.encoder.decode import DEFAULT_MAX_PIXELS
+from emoclip.encoder.precision import PRECISIONS
+from emoclip.encoder.spec import DECODE_MODES
+from emoclip.schema.encoder import TAGGING, EncoderOptions
+
+_HELP = {f.name: spec_of(f).help for f in dataclasses.fields(EncoderOptions)}
 
 if TYPE_CHECKING:
     from emoclip.encoder.backbone import Backbone
@@ -27,30 +33,32 @@ if TYPE_CHECKING:
 class TaggerConfig:
     """Everything that decides a tagger's rows (and how fast it makes them)."""
 
-    # the backbone
-    model: str | None = None          # open_clip architecture; default ViT-B-32, or the checkpoint's
-    pretrained: str | None = None     # tag, weights file or 'random'; default openai, or the checkpoint's
-    device: str = "auto"
-    # the encoder's speed options (encoder_spec.py): they change features slightly, so they are part
-    # of the encoder spec that keys the cache and is recorded in reports and checkpoints
-    precision: str = "auto"           # auto | fp32 | bf16 | fp16 (precision.py: measured per machine)
-    decode: str = "draft"             # draft: large JPEGs decode at reduced size; full: exact
+    # the backbone and the encoder's speed options: their defaults (and help) are the schema's tagging
+    # defaults (emoclip.schema.encoder.TAGGING), the same for the CLI, the Python API, the service and
+    # Ray actors. Precision and decoding change features slightly, so they are part of the encoder spec
+    # that keys the cache and is recorded in reports and checkpoints.
+    model: str | None = option(TAGGING.model, _HELP["model"])
+    pretrained: str | None = option(TAGGING.pretrained, _HELP["pretrained"])
+    device: str = option(TAGGING.device, _HELP["device"])
+    precision: str = option(TAGGING.precision, _HELP["precision"], choices=PRECISIONS)
+    decode: str = option(TAGGING.decode, _HELP["decode"], choices=tuple(DECODE_MODES))
     # the classifier
-    checkpoint: str | None = None     # a run folder from `emoclip train`; None: zero-shot
-    taxonomy: str | None = None       # built-in name or file; default mikels8, or the checkpoint's
-    labels: tuple[str, ...] | None = None
-    templates: str | None = None
-    synonyms: bool = False
+    checkpoint: str | None = option(None, "A run folder from `emoclip train`; none: zero-shot.")
+    taxonomy: str | None = option(None, "Built-in taxonomy name or file; default mikels8, or the checkpoint's.")
+    labels: tuple[str, ...] | None = option(None, "Your own labels instead of a taxonomy.")
+    templates: str | None = option(None, "Prompt template set, a file of templates, or one template with {}.")
+    synonyms: bool = option(False, "Average prompts over each class's synonyms too.")
     # the rows
-    top_k: int = 3
-    also: tuple[str, ...] | None = None   # coarser levels; None: every level the taxonomy maps into
-    multi: float | None = None        # also list every label with probability >= multi
+    top_k: int = option(3, "How many top labels to list per image.", min=1)
+    also: tuple[str, ...] | None = option(None, "Coarser levels to add; none: every level the taxonomy maps into.")
+    multi: float | None = option(None, "Also list every label with probability >= multi.", min=0, max=1)
     # the pipeline
-    batch_size: int | None = None
-    workers: int | None = None
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-    cache_dir: str | None = None
-    no_cache: bool = False
+    batch_size: int | None = option(None, "Images per encoder call (default 16 on the CPU, 64 on CUDA).", min=1)
+    workers: int | None = option(None, "Decoding threads (default: CPUs).", min=1)
+    max_pixels: int | None = option(DEFAULT_MAX_PIXELS, "Refuse larger images as possible decompression bombs.",
+                                    min=1)
+    cache_dir: str | None = option(None, "Feature cache folder (default ~/.cache/emoclip/features).")
+    no_cache: bool = option(False, "Do not read or write the feature cache.")
 
     def __post_init__(self) -> None:
         from emoclip.encoder.precision import check_precision
@@ -58,6 +66,7 @@ class TaggerConfig:
 
         check_precision(self.precision)
         check_decode(self.decode)
+        validate(self, "tagging", "fix the option")  # the Python API is refused what the CLI's flags refuse
 
     def replace(self, **changes: Any) -> TaggerConfig:
         return dataclasses.replace(self, **changes)

@@ -115,6 +115,17 @@ class Tagger:
                                    generated=texts[i]))
         return rows
 
+    def tag_paths(self, inputs: str | Path | Iterable[str | Path], files_from: str | None = None,
+                  progress: Callable[[int], None] | None = None) -> Iterator[Prediction]:
+        """Rows for what a user points at — files, folders (searched recursively), globs, WebDataset tar
+        shards ('shards/{00000..00009}.tar') or a list of these — in the order ``emoclip predict`` uses.
+        The inputs are collected now (a missing file is refused here); rows come as they are tagged."""
+        from emoclip.tagging.inputs import collect_inputs, iter_tagged
+
+        given = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+        items = collect_inputs([str(p) for p in given], files_from).items
+        return iter_tagged(self, items, progress=progress)
+
     def tag(self, paths: Iterable[str | Path | ImageBytes], progress: Callable[[int], None] | None = None,
             features: bool = False) -> Iterator[Prediction]:
         """Yield one ``Prediction`` per path (or in-memory ``ImageBytes``), in input order (features from

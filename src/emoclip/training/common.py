@@ -8,60 +8,20 @@ It sits below both ``experiment`` and ``unified`` so that neither imports the ot
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from emoclip.core.errors import EmoclipError
-from emoclip.core.userfiles import parse_document, read_text
 from emoclip.datasets.dataset import Dataset, few_shot, open_dataset, stratified_split
 from emoclip.labels.taxonomy import Taxonomy
-from emoclip.recipes import is_recipe_name, list_recipes, recipe_path
+from emoclip.schema.experiment import SECTIONS, merge, read_config, read_configs
 
 log = logging.getLogger("emoclip")
 
-SECTIONS = {"method", "options", "taxonomy", "label_taxonomy", "data", "backbone", "train", "also", "eval_split",
-            "name", "datasets"}  # datasets: several at once, each with its taxonomy (emoclip.training.unified)
-
-
-def read_configs(paths: list[str | Path]) -> dict[str, Any]:
-    """Several config files merged in order (e.g. a dataset's, then a method's)."""
-    merged: dict[str, Any] = {}
-    for path in paths:
-        merged = merge(merged, read_config(path))
-    return merged
-
-
-def read_config(path: str | Path | None) -> dict[str, Any]:
-    """One config file's sections, checked; a bare name that is no file is a shipped recipe (emoclip.recipes)."""
-    if path is None:
-        return {}
-    file = Path(path).expanduser()
-    if not file.is_file() and is_recipe_name(str(path)):
-        file = recipe_path(str(path))  # a shipped recipe by name: `--config ptdpc-paper`, `datasets: [emotionroi6]`
-    if not file.is_file():
-        raise EmoclipError(f"config file {path} does not exist; give a file or a recipe name "
-                           f"({', '.join(list_recipes())})")
-    suffix = ".toml" if file.suffix.lower() == ".toml" else ".yaml"
-    data = parse_document(read_text(file, "config"), suffix, str(path), "config")
-    if data is not None and not isinstance(data, dict):
-        raise EmoclipError(f"config {path} is not a mapping of sections; use the sections "
-                           f"{', '.join(sorted(SECTIONS))} (see the recipes in emoclip/recipes/)")
-    unknown = sorted(map(str, set(data or {}) - SECTIONS))
-    if unknown:
-        raise EmoclipError(f"config {path}: unknown section {', '.join(unknown)}; known: {', '.join(sorted(SECTIONS))}")
-    return data or {}
-
-
-def merge(base: dict, override: dict) -> dict:
-    """Recursive merge; ``None`` in the override means 'not given'."""
-    out = dict(base)
-    for key, value in override.items():
-        if value is None:
-            continue
-        out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
+# The config sections and their reading live with the schema (one definition); re-exported here for
+# the runners that read configs.
+__all__ = ["SECTIONS", "feature_tensors", "few_shot_part", "merge", "open_data", "read_config", "read_configs",
+           "train_val"]
 
 
 def train_val(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:

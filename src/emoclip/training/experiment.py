@@ -12,7 +12,9 @@ Config (YAML or TOML), merged in the order method defaults → file → command 
     also: [polarity]
 
 Several files merge in order (``--config configs/datasets/emotionroi6.yaml --config
-configs/methods/ptdpc-paper.yaml``); relative data paths are taken from the current folder.
+configs/methods/ptdpc-paper.yaml``); relative data paths are taken from the current folder. Every
+section is checked against the typed schema (``emoclip.schema.experiment.check_experiment``) before
+anything loads: a bad value is one line naming it and its valid values.
 ``label_taxonomy`` trains on coarser classes than the data's labels (EmotionROI-2: emotion labels
 mapped to polarity through the taxonomy's parents). ``run_experiment`` encodes the train
 split once (feature cache), carves a stratified validation part from it (or uses the data's own
@@ -40,25 +42,29 @@ from emoclip.encoder.cache import FeatureCache, compute_features, default_cache_
 from emoclip.evaluation.evaluate import evaluate
 from emoclip.evaluation.report import write_run
 from emoclip.labels.taxonomy import Taxonomy, load_taxonomy
-from emoclip.methods.base import create_method, list_methods
+from emoclip.methods.base import create_method
 from emoclip.methods.checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint
-from emoclip.training.common import (  # noqa: F401 - read_config(s), merge, SECTIONS: public here too
-    SECTIONS,
-    feature_tensors,
-    few_shot_part,
-    merge,
-    open_data,
-    read_config,
-    read_configs,
-    train_val,
-)
+from emoclip.schema.encoder import EXACT
+from emoclip.schema.experiment import SECTIONS, check_experiment, merge, read_config, read_configs
+from emoclip.schema.methods import ZERO_SHOT, ZeroShotConfig, method_card, method_names
+from emoclip.schema.record import RunRecord
+from emoclip.training.common import feature_tensors, few_shot_part, open_data, train_val
 from emoclip.training.trainer import TrainConfig, train
 from emoclip.training.unified import run_unified
 
 log = logging.getLogger("emoclip")
+__all__ = ["SECTIONS", "ZERO_SHOT", "merge", "read_config", "read_configs", "run_experiment"]
 
 
-ZERO_SHOT = "zero-shot"
+
+
+def _load_backbone(config: dict[str, Any], device: str):
+    """The configured backbone; exact (fp32, full decoding) unless the config asks otherwise."""
+    backbone_cfg = config.get("backbone") or {}
+    return load_backbone(backbone_cfg.get("model") or DEFAULT_MODEL,
+                         backbone_cfg.get("pretrained") or DEFAULT_PRETRAINED, device,
+                         precision=backbone_cfg.get("precision") or EXACT.precision,
+                         decode=backbone_cfg.get("decode") or EXACT.decode)
 
 
 def run_zero_shot(config: dict[str, Any], out: str | Path, device: str = "auto", cache_dir: str | None = None,
@@ -68,31 +74,26 @@ def run_zero_shot(config: dict[str, Any], out: str | Path, device: str = "auto",
     ``options`` may set ``templates`` and ``synonyms``; nothing is trained, so the seed and few-shot
     settings change nothing and are recorded as given.
     """
+    from emoclip.core.options import build
     from emoclip.methods.zeroshot import ZeroShotClassifier
 
     out = Path(out)
-    options = dict(config.get("options") or {})
-    unknown = sorted(set(options) - {"templates", "synonyms"})
-    if unknown:
-        raise EmoclipError(f"method '{ZERO_SHOT}' has no option {', '.join(unknown)}; its options: synonyms, templates")
+    options = build(ZeroShotConfig, config.get("options"), f"method '{ZERO_SHOT}'")
     taxonomy = load_taxonomy(config.get("taxonomy") or "emotionroi6")
-    label_taxonomy = load_taxonomy(config.get("label_taxonomy") or taxonomy.name)
+    label_taxonomy = load_taxonomy(config.get("label_taxonomy") or taxonomy)
     data = open_data(config)
     eval_split = config.get("eval_split", "test")
     test = data.split(eval_split)
     test.label_indices(label_taxonomy)
-    backbone_cfg = config.get("backbone") or {}
-    backbone = load_backbone(backbone_cfg.get("model") or DEFAULT_MODEL,
-                             backbone_cfg.get("pretrained") or DEFAULT_PRETRAINED, device,
-                             precision=backbone_cfg.get("precision") or "fp32")
+    backbone = _load_backbone(config, device)
     cache = None if no_cache else FeatureCache(cache_dir or default_cache_dir(), backbone)
-    classifier = ZeroShotClassifier(backbone, taxonomy, options.get("templates"), bool(options.get("synonyms")))
+    classifier = ZeroShotClassifier(backbone, taxonomy, options.templates, options.synonyms)
     result = evaluate(backbone, classifier, test, label_taxonomy, config.get("also") or (), cache)
     train_cfg = config.get("train") or {}
-    run = {"name": config.get("name") or ZERO_SHOT, "method": classifier.describe(), "seed": train_cfg.get("seed", 0),
-           "dataset": test.name, "split": eval_split, "dataset_label": data.name, "data_source": data.source,
-           "fold": data.extra.get("fold"), "shots": 0, "target": "labels", "backbone": backbone.identity(),
-           "taxonomy": taxonomy.name, "label_taxonomy": label_taxonomy.name}
+    run = RunRecord(name=config.get("name") or ZERO_SHOT, method=classifier.describe(), seed=train_cfg.get("seed", 0),
+                    dataset=test.name, split=eval_split, dataset_label=data.name, data_source=data.source,
+                    fold=data.extra.get("fold"), shots=0, target="labels", backbone=backbone.identity(),
+                    taxonomy=taxonomy.name, label_taxonomy=label_taxonomy.name).to_dict()
     write_run(result, run, out)
     summary = {"method": ZERO_SHOT, "training": {"epochs": 0},
                "test": {"accuracy": result.metrics["accuracy"], "macro_f1": result.metrics["macro_f1"]}}
@@ -136,24 +137,24 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
     the best on validation, as the PT-DPC paper's protocol needs.
     """
     out = Path(out)
-    name = config.get("method")
-    if not name:
+    if not config.get("method"):
         raise EmoclipError(f"say which method to train (--method or 'method:' in --config); one of "
-                           f"{', '.join(list_methods())}")
-    methods = list_methods()
-    if name == ZERO_SHOT:
+                           f"{', '.join(method_names())}")
+    config = check_experiment(config)  # every section against the schema, before anything loads
+    name = config["method"]
+    card = method_card(name)
+    if not card.trainable:
         return run_zero_shot(config, out, device, cache_dir, no_cache)
-    if name not in methods:
-        raise EmoclipError(f"unknown method '{name}'; `emoclip methods` lists them: {ZERO_SHOT}, "
-                           f"{', '.join(methods)}")
-    methods[name].preflight(config.get("options") or {})
+    from emoclip.methods.base import list_methods
+
+    list_methods()[name].preflight(config.get("options") or {})
     if config.get("datasets"):
         return run_unified(config, out, device, cache_dir, no_cache, resume, progress)
-    train_options = merge(methods[name].train_defaults, config.get("train") or {})
+    train_options = merge(card.train_defaults, config.get("train") or {})
     train_config = TrainConfig.from_dict(train_options)
     taxonomy = load_taxonomy(config.get("taxonomy") or "emotionroi6")
     data = open_data(config)
-    label_taxonomy = load_taxonomy(config.get("label_taxonomy") or taxonomy.name)
+    label_taxonomy = load_taxonomy(config.get("label_taxonomy") or taxonomy)  # a taxonomy file stays that file
     data.label_indices(label_taxonomy)
     if label_taxonomy.name != taxonomy.name:
         label_taxonomy.find_ancestor(taxonomy.name)  # the labels must map into the model's classes
@@ -174,10 +175,7 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
             val_set, data_meta["few_shot_val"] = few_shot_part(val_set, min(train_config.shots, 4), train_config.seed,
                                                            label_taxonomy)
 
-    backbone_cfg = config.get("backbone") or {}
-    backbone = load_backbone(backbone_cfg.get("model") or DEFAULT_MODEL,
-                             backbone_cfg.get("pretrained") or DEFAULT_PRETRAINED, device,
-                             precision=backbone_cfg.get("precision") or "fp32")  # exact unless asked
+    backbone = _load_backbone(config, device)  # exact unless asked
     cache = None if no_cache else FeatureCache(cache_dir or default_cache_dir(), backbone)
     train_table = compute_features(backbone, train_set.paths, cache)
     val_table = compute_features(backbone, val_set.paths, cache)
@@ -222,12 +220,11 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
         best = load_checkpoint(out, backbone)
         test = data.split(eval_split)
         result = evaluate(backbone, best, test, label_taxonomy, config.get("also") or (), cache)
-        run = {"name": config.get("name") or name, "method": best.describe(), "seed": train_config.seed,
-               "dataset": test.name, "split": eval_split, "dataset_label": data.name, "checkpoint": str(out),
-               "data_source": data.source, "fold": data.extra.get("fold"), "shots": train_config.shots,
-               "target": train_config.target,
-               "backbone": backbone.identity(), "taxonomy": taxonomy.name, "label_taxonomy": label_taxonomy.name,
-               "training": summary["training"]}
+        run = RunRecord(name=config.get("name") or name, method=best.describe(), seed=train_config.seed,
+                        dataset=test.name, split=eval_split, dataset_label=data.name, checkpoint=str(out),
+                        data_source=data.source, fold=data.extra.get("fold"), shots=train_config.shots,
+                        target=train_config.target, backbone=backbone.identity(), taxonomy=taxonomy.name,
+                        label_taxonomy=label_taxonomy.name, training=summary["training"]).to_dict()
         write_run(result, run, out)
         lost["test"], listed["test"] = result.metrics["n_failed"], len(test)
         summary["test"] = {"accuracy": result.metrics["accuracy"], "macro_f1": result.metrics["macro_f1"],

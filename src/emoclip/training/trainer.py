@@ -44,70 +44,12 @@ from emoclip.core.atomic import atomic_write_text
 from emoclip.core.errors import EmoclipError
 from emoclip.methods.base import Method
 from emoclip.methods.checkpoint import save_checkpoint, save_tensors
+from emoclip.schema.training import MONITORS, TARGETS, TrainConfig  # noqa: F401 - the typed recipe (schema)
 
 log = logging.getLogger("emoclip")
 STATE_WEIGHTS = "last.safetensors"
 STATE_FORMAT = "emoclip-train-state"
 LOG_FILE = "log.jsonl"
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = "sgd"       # sgd | adam | adamw
-    lr: float = 0.002
-    momentum: float = 0.9        # sgd
-    weight_decay: float = 0.0
-    scheduler: str = "none"      # none | step | plateau | cosine
-    step_size: int = 20          # step
-    gamma: float = 0.1           # step, plateau
-    patience: int = 3            # plateau (epochs without improvement of `monitor`)
-    warmup_epochs: int = 0       # cosine: epochs at a constant warmup_lr first (CoOp: 1 epoch at 1e-5)
-    warmup_lr: float = 1e-5
-    seed: int = 0
-    val_fraction: float = 0.1    # carved from train, stratified, for model selection
-    monitor: str = "val_accuracy"  # val_accuracy | val_loss: picks the best epoch, drives plateau/early stop
-    early_stopping: int = 0      # >0: stop after this many epochs without improvement of `monitor`
-    lr_grid: list[float] | None = None  # several lrs: one run each, the best on validation is kept
-    shots: int = 0               # >0: K training images per class (seeded by `seed`), the few-shot protocol
-    target: str = "labels"       # labels | votes (the annotators' vote distribution, soft cross-entropy)
-
-    def __post_init__(self) -> None:
-        """Refuse values that would fail mid-run or train nothing (0 epochs, lr ≤ 0, batch size 0)."""
-        rules = [("epochs", self.epochs >= 1, "at least 1"), ("batch_size", self.batch_size >= 1, "at least 1"),
-                 ("lr", self.lr > 0, "above 0"), ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
-                 ("weight_decay", self.weight_decay >= 0, "0 or more"), ("step_size", self.step_size >= 1,
-                                                                         "at least 1"),
-                 ("gamma", 0 < self.gamma <= 1, "in (0, 1]"), ("patience", self.patience >= 0, "0 or more"),
-                 ("val_fraction", 0 <= self.val_fraction < 1, "in [0, 1)"),
-                 ("warmup_epochs", self.warmup_epochs >= 0, "0 or more"), ("warmup_lr", self.warmup_lr > 0, "above 0"),
-                 ("early_stopping", self.early_stopping >= 0, "0 or more"), ("shots", self.shots >= 0, "0 or more")]
-        for name, ok, allowed in rules:
-            if not ok:
-                raise EmoclipError(f"training option {name} must be {allowed}, got {getattr(self, name)!r}; "
-                                   f"fix --{name.replace('_', '-')} or the config's train section")
-        _choose(OPTIMIZERS, self.optimizer, "optimizer")
-        _choose(SCHEDULERS, self.scheduler, "scheduler")
-
-    @classmethod
-    def from_dict(cls, options: dict[str, Any]) -> TrainConfig:
-        from emoclip.core.options import check_option_types
-
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = sorted(map(str, set(options) - set(fields)))
-        if unknown:
-            raise EmoclipError(f"unknown training option {', '.join(unknown)}; known: {', '.join(fields)}")
-        config = cls(**check_option_types(cls, options, "training"))
-        for name, allowed in (("monitor", MONITORS), ("target", TARGETS)):
-            if getattr(config, name) not in allowed:
-                raise EmoclipError(f"training option {name} must be one of {', '.join(allowed)}, "
-                                   f"got '{getattr(config, name)}'; fix it in the config's train section")
-        return config
-
-
-MONITORS = ("val_accuracy", "val_loss")
-TARGETS = ("labels", "votes")
 
 
 OPTIMIZERS: dict[str, Callable[[list, TrainConfig], torch.optim.Optimizer]] = {

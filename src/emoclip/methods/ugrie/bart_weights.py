@@ -18,9 +18,9 @@ from typing import Any
 
 from emoclip.core.errors import EmoclipError, WeightsUnavailableError
 from emoclip.encoder.weights import ensure_offline_when_unreachable, file_fingerprint
+from emoclip.schema.methods import DEFAULT_BART
 
 log = logging.getLogger("emoclip")
-DEFAULT_BART = "facebook/bart-base"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 

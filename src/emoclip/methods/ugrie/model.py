@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import OrderedDict
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,40 +29,18 @@ from torch import nn
 from emoclip.core.errors import EmoclipError
 from emoclip.encoder.backbone import Backbone
 from emoclip.labels.taxonomy import Taxonomy, load_taxonomy, taxonomy_from_dict
-from emoclip.methods.base import Method, MethodConfig, register_method, seeded_init
+from emoclip.methods.base import Method, register_method, seeded_init
 from emoclip.methods.ugrie.bart_weights import DEFAULT_BART, bart_config_dict, load_bart
 from emoclip.methods.ugrie.bart_weights import preflight as bart_preflight
 from emoclip.methods.ugrie.templates import EmotionTemplates, load_templates
+from emoclip.schema.methods import LENGTH_NORMS, MAPPINGS, TUNE_MODES, UGRIEConfig
+from emoclip.schema.methods import UGRIE_PRECISIONS as PRECISIONS
 
 log = logging.getLogger("emoclip")
 
-TUNE_MODES = ("full", "lora", "mapping")
-MAPPINGS = ("auto", "mlp", "transformer")
-LENGTH_NORMS = ("token-mean", "sum")
-PRECISIONS = ("fp32", "bf16", "auto")
 LORA_TARGETS = ["q_proj", "v_proj"]
 # Vocabulary logits held at once while scoring candidates (floats): bounds memory whatever N × C is.
 SCORE_BUDGET = 1 << 25
-
-
-@dataclasses.dataclass
-class UGRIEConfig(MethodConfig):
-    bart: str = DEFAULT_BART          # Hugging Face name (downloaded on first use) or a save_pretrained folder
-    tune: str = "full"                # full | lora (peft, q/v projections) | mapping (BART frozen)
-    mapping: str = "auto"             # mlp | transformer | auto (transformer when BART is frozen, else mlp)
-    prefix_length: int = 8            # k prefix vectors
-    mapping_hidden: int = 0           # MLP hidden width; 0 = BART's d_model
-    mapping_layers: int = 2           # transformer mapping depth
-    lora_r: int = 8
-    lora_alpha: int = 16
-    length_norm: str = "token-mean"   # token-mean (ranking by mean token log-prob) | sum (sequence log-prob)
-    precision: str = "fp32"           # fp32 | bf16 (autocast) | auto (bf16 where it measurably beats fp32 here)
-    generate: bool = True             # add the free-generated sentence to predictions
-    max_new_tokens: int = 24
-    templates: Any = ""               # '' built-in, a YAML file, or the mapping itself (checkpoints record it)
-    taxonomies: list = dataclasses.field(default_factory=list)  # tasks trained together; [] = the taxonomy
-    bart_config: dict | None = None   # recorded by emoclip: BART's architecture
-    bart_weights: str = ""            # recorded by emoclip: identity of the base weights
 
 
 class MLPMapping(nn.Module):
@@ -107,14 +85,8 @@ def _taxonomy(ref: Any) -> Taxonomy:
 
 @register_method("ugrie")
 class UGRIE(Method):
-    summary = "UGRIE: CLIP feature → prefix → BART fills an emotion template; any taxonomy, several at once"
     Config = UGRIEConfig
     config: UGRIEConfig
-    # Ours (the abstract gives no recipe): AdamW as for BART fine-tuning, a rate the mapping network
-    # also learns at, few epochs (the datasets are small).
-    train_defaults: ClassVar[dict[str, Any]] = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.01,
-                                                "epochs": 10, "batch_size": 16}
-    multi_taxonomy = True
     loss_uses_logits = False
 
     @classmethod
