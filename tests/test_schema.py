@@ -86,11 +86,17 @@ def test_every_recipe_is_a_valid_experiment():
     from emoclip.recipes import list_recipes
     from emoclip.schema.experiment import check_experiment, read_config
 
-    recipes = list_recipes()
+    from emoclip.training.sweep import read_grid
+
+    recipes = list_recipes("methods")
     assert recipes
     for name, path in recipes.items():
         checked = check_experiment(read_config(path), f"recipe {name}")
         assert method_card(checked["method"]).trainable
+    for name, path in {**list_recipes("datasets"), **list_recipes("unified")}.items():
+        assert read_config(path), name  # known sections only
+    for name, path in list_recipes("sweeps").items():
+        assert read_grid(path)["methods"], name
 
 
 def test_tagger_config_refuses_what_the_flags_refuse():
@@ -268,4 +274,4 @@ def test_train_recipe_flag_runs_a_named_recipe(data, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run" / "model.json").read_text())["method"] == "clipe-ce"
     refused = run("train", "--recipe", "nope", "--out", tmp_path / "other")
-    assert refused.exit_code == 2 and "unknown recipe 'nope'; the recipes: clipe-ce" in refused.stderr
+    assert refused.exit_code == 2 and "unknown recipe 'nope'; the shipped recipes: clipe-ce" in refused.stderr

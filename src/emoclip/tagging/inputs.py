@@ -32,9 +32,10 @@ from emoclip.core.errors import EmoclipError, ImageDecodeError
 from emoclip.core.files import IMAGE_SUFFIXES
 from emoclip.core.userfiles import MAX_TABLE_BYTES
 from emoclip.encoder.decode import ImageBytes, regular_file_size
+from emoclip.tagging.rows import Prediction
 
 if TYPE_CHECKING:
-    from emoclip.tagging.tagger import Prediction, Tagger
+    from emoclip.tagging.rows import ImageTagger as Tagger
 
 log = logging.getLogger("emoclip")
 
@@ -553,8 +554,6 @@ def tag_items(tagger: Tagger, items: Sequence[Item], loaded: Sequence[Loaded] | 
               features: bool = False, progress: Callable[[int], None] | None = None) -> list[Prediction]:
     """One ``Prediction`` per item, in order: the loadable ones through ``tagger.tag`` (one call, so the
     encoder batches are the same whoever calls this on the same items), the rest as error rows."""
-    from emoclip.tagging.tagger import Prediction
-
     loaded = load_items(items) if loaded is None else loaded
     todo = [source for source in loaded if not isinstance(source, str)]
     tagged = iter(tagger.tag(todo, progress=progress, features=features))

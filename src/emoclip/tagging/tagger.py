@@ -9,7 +9,6 @@ distributions of coarser levels (e.g. Mikels' 8 → polarity). Undecodable files
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -22,6 +21,9 @@ from emoclip.encoder.decode import DEFAULT_MAX_PIXELS, ImageBytes, ImageSource, 
 from emoclip.encoder.pipeline import DEFAULT_BATCH_SIZE, image_batch_size
 from emoclip.labels.distribution import LevelProbabilities, coarsen, softmax
 from emoclip.labels.taxonomy import Taxonomy
+from emoclip.tagging.rows import Prediction
+
+__all__ = ["Classifier", "Prediction", "Tagger", "TextGeneratingClassifier"]
 
 
 class Classifier(Protocol):
@@ -42,26 +44,6 @@ class TextGeneratingClassifier(Classifier, Protocol):
     generates_text: bool
 
     def logits_and_texts(self, image_features: torch.Tensor) -> tuple[torch.Tensor, list[str]]: ...
-
-
-@dataclass
-class Prediction:
-    """The result for one image; ``error`` is set (and the rest empty) when it could not be read."""
-
-    path: str
-    label: str | None = None
-    probability: float | None = None
-    top_k: list[tuple[str, float]] = field(default_factory=list)
-    distribution: dict[str, float] = field(default_factory=dict)
-    levels: dict[str, dict[str, float]] = field(default_factory=dict)
-    error: str | None = None
-    multi: list[tuple[str, float]] | None = None   # with --multi P: every label with probability >= P
-    generated: str | None = None  # the sentence a generative method (ugrie) wrote; None for the others
-    feature: np.ndarray | None = field(default=None, repr=False)  # the CLIP feature, when asked for
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 class Tagger:
