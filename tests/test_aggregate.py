@@ -35,14 +35,14 @@ def test_five_folds_aggregate_into_one_cell_with_n_5(tmp_path):
     cell = table["ptdpc"]["twitter1 [polarity]"]
     assert cell["n"] == 5 and cell["folds"] == [1, 2, 3, 4, 5] and cell["seeds"] == [0]
     assert cell["mean"] == pytest.approx(74.0) and cell["std"] == pytest.approx(3.16227766, abs=1e-6)
-    assert "74.00 ± 3.16 (n=5)" in result.stdout and "1 seed × 5 folds" in result.stdout
+    assert "74.00 ± 3.16 (n=5)" in result.stdout and "every cell averages 1 seed (0) × 5 folds (1–5)" in result.stdout
 
 
 def test_seeds_and_folds_share_a_cell():
     runs = [metrics(0.5 + 0.01 * (s + f), seed=s, fold=f) for s in (1, 2, 3) for f in (1, 2)]
     cell = aggregate(runs)["ptdpc"]["twitter1 [polarity]"]
     assert cell["n"] == 6 and cell["seeds"] == [1, 2, 3] and cell["folds"] == [1, 2]
-    assert "3 seeds × 2 folds" in markdown_table(aggregate(runs), "accuracy")
+    assert "3 seeds (1–3) × 2 folds (1, 2)" in markdown_table(aggregate(runs), "accuracy")
 
 
 def test_other_backbones_are_separate_labelled_rows():

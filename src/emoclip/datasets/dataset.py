@@ -181,19 +181,30 @@ def read_label_table(path: Path) -> list[tuple[str, str]]:
     With a header the label column is the one named label/emotion/sentiment/class/category (else
     the second); without one it is the second column.
     """
+    return read_image_table(path, _LABEL_WORDS, "label")
+
+
+def read_image_table(path: Path, value_words: Sequence[str], what: str) -> list[tuple[str, str]]:
+    """``image, value`` pairs of a table keyed by image (labels, captions): one format for all of them.
+
+    CSV, TSV or space-separated; bare file names or paths relative to the data root; a header row is
+    optional (then the image column is the one named image/path/file…, the value column the first
+    named one of ``value_words``, else the second).
+    """
     rows = _read_table(path)
-    image_col, label_col = 0, 1
+    image_col, value_col = 0, 1
     if _is_header(rows[0]):
         header = [h.strip("[] ").lower() for h in rows[0]]
-        named = [i for i, h in enumerate(header) if h in _LABEL_WORDS]
-        label_col = named[0] if named else 1
+        named = [i for i, h in enumerate(header) if h in value_words]
+        value_col = named[0] if named else 1
         image_col = next((i for i, h in enumerate(header) if h in _HEADER_WORDS), 0)
         rows = rows[1:]
     pairs = []
     for n, row in enumerate(rows, 1):
-        if len(row) <= max(image_col, label_col):
-            raise EmoclipError(f"{path}: row {n} {row!r} has no label column; expected 'image<TAB>label' rows")
-        pairs.append((row[image_col], row[label_col]))
+        if len(row) <= max(image_col, value_col):
+            raise EmoclipError(f"{path}: row {n} {short_repr(row)} has no {what} column; expected "
+                               f"'image<TAB>{what}' rows")
+        pairs.append((row[image_col], row[value_col]))
     return pairs
 
 

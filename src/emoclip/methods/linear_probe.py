@@ -2,6 +2,10 @@
 
 The L2 strength is swept over a log grid; each value is fitted full-batch with L-BFGS on the
 training part and scored on the validation part; the best is refitted on training + validation.
+Without a validation part there is nothing to choose on: the strength must be given (``l2``), else
+the run is refused — a strength picked by a tie of empty scores would be an accident. A given
+``l2`` (≥ 0) is used as is, without the sweep. Weights start at zero (the problem is convex), so
+the seed changes the validation part carved from train, not the initial weights.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emoclip.core.errors import EmoclipError
 from emoclip.encoder.backbone import Backbone
 from emoclip.labels.taxonomy import Taxonomy
 from emoclip.methods.base import Method, MethodConfig, register_method
@@ -61,11 +66,17 @@ class LinearProbe(Method):
             vy = vy if vy.ndim == 1 else vy.argmax(1)
         else:
             refit_vy = vy
+        if self.config.l2 >= 0:  # given: no sweep, trained on everything there is
+            self._fit(torch.cat([x, vx]), torch.cat([y, refit_vy]), self.config.l2)
+            return {"l2": self.config.l2, "l2_given": True}
+        if not len(vy):
+            raise EmoclipError("the linear probe chooses its L2 strength on validation and this run has no validation "
+                               "images; use --val-fraction above 0, or give the strength with --set l2=VALUE")
         scores = {}
         for l2 in self.config.l2_grid:
             self._fit(x, y, l2)
             with torch.no_grad():
-                scores[l2] = (self.linear(vx).argmax(1) == vy).float().mean().item() if len(vy) else 0.0
+                scores[l2] = (self.linear(vx).argmax(1) == vy).float().mean().item()
         best = max(self.config.l2_grid, key=lambda v: (scores[v], v))  # ties → stronger regularisation
         self.config.l2 = best
         self._fit(torch.cat([x, vx]), torch.cat([y, refit_vy]), best)
