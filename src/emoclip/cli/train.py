@@ -49,12 +49,13 @@ from emoclip.core.errors import EmoclipError, shorten
 @click.option("--name", default=None, help="Row label in `emoclip aggregate`.")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run folder.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last epoch.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished run in --out (without it, one is refused).")
 @click.option("--progress/--no-progress", default=None)
 @handle_errors
 def train_command(config_files, method, sets, root, split_file, manifests, layout, fold, label_file, votes, taxonomy,
                   label_taxonomy, shots, target, model, pretrained, device, cache_dir, no_cache, precision, epochs,
                   batch_size, lr, optimizer, scheduler, weight_decay, seed, val_fraction, also, name, out, resume,
-                  progress) -> None:
+                  overwrite, progress) -> None:
     """Train a method on cached features, keep the best-on-validation checkpoint, score it on test."""
     from pathlib import Path
 
@@ -86,7 +87,7 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
                   "shots": shots, "target": target},
     }
     config = merge(read_configs(list(config_files)), overrides)
-    summary = run_experiment(config, out, device, cache_dir, no_cache, resume, progress)
+    summary = run_experiment(config, out, device, cache_dir, no_cache, resume, progress, overwrite=overwrite)
     t = summary["training"]
     test = summary.get("test", {})
     per_epoch = ""
@@ -101,7 +102,9 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
                                                if isinstance(v, int | float)))
     if t.get("lr_selection"):
         fitted += f", lr {t['lr_selection']['chosen']:g} chosen on validation"
-    click.echo(f"{summary['method']}: {fitted} (val acc {100 * t.get('val_accuracy', 0):.2f}); "
+    val = (f"val acc {100 * t['val_accuracy']:.2f}" if isinstance(t.get("val_accuracy"), int | float)
+           else "no validation")
+    click.echo(f"{summary['method']}: {fitted} ({val}); "
                f"test {scores or 'not scored'} → {out}")
     lost = summary.get("lost", {})
     exit_if_lost(sum(lost.values()), sum(summary.get("listed", {}).values()), f"{out}/summary.json")

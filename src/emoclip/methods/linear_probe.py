@@ -68,7 +68,7 @@ class LinearProbe(Method):
             refit_vy = vy
         if self.config.l2 >= 0:  # given: no sweep, trained on everything there is
             self._fit(torch.cat([x, vx]), torch.cat([y, refit_vy]), self.config.l2)
-            return {"l2": self.config.l2, "l2_given": True}
+            return {"l2": self.config.l2, "l2_source": "given"}
         if not len(vy):
             raise EmoclipError("the linear probe chooses its L2 strength on validation and this run has no validation "
                                "images; use --val-fraction above 0, or give the strength with --set l2=VALUE")
