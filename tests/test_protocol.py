@@ -152,7 +152,7 @@ def make_kfold(root, folds=2, per_class=3):
 
 
 def test_sweep_runs_the_grid_then_only_what_is_missing(tmp_path):
-    root = make_kfold(tmp_path / "tw")
+    root = make_kfold(tmp_path / "tw", per_class=6)  # enough to hold out validation: the probe chooses on it
     grid = tmp_path / "grid.yaml"
     grid.write_text(f"""
 out: {tmp_path / 'runs'}
