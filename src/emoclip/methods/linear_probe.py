@@ -2,24 +2,30 @@
 
 The L2 strength is swept over a log grid; each value is fitted full-batch with L-BFGS on the
 training part and scored on the validation part; the best is refitted on training + validation.
-Without a validation part there is nothing to choose on: the strength must be given (``l2``), else
-the run is refused — a strength picked by a tie of empty scores would be an accident. A given
-``l2`` (≥ 0) is used as is, without the sweep. Weights start at zero (the problem is convex), so
-the seed changes the validation part carved from train, not the initial weights.
+Without a validation part there is nothing to choose on: the strength given (``l2``) is used, else
+``NO_VALIDATION_L2`` with a warning, and the run records which (``fit.l2_source``) — never a strength
+picked by a tie of empty scores. A given ``l2`` (≥ 0) is used as is, without the sweep.
+Weights start at zero (the problem is convex), so the seed changes the validation part carved
+from train, not the initial weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emoclip.core.errors import EmoclipError
 from emoclip.encoder.backbone import Backbone
 from emoclip.labels.taxonomy import Taxonomy
 from emoclip.methods.base import Method, MethodConfig, register_method
+
+log = logging.getLogger("emoclip")
+# The strength used when there is no validation part to choose on: the middle (log scale) of the default
+# grid, a moderate penalty for unit-length features. Said in a warning and recorded; never silent.
+NO_VALIDATION_L2 = 1e-3
 
 
 @dataclasses.dataclass
@@ -70,8 +76,11 @@ class LinearProbe(Method):
             self._fit(torch.cat([x, vx]), torch.cat([y, refit_vy]), self.config.l2)
             return {"l2": self.config.l2, "l2_source": "given"}
         if not len(vy):
-            raise EmoclipError("the linear probe chooses its L2 strength on validation and this run has no validation "
-                               "images; use --val-fraction above 0, or give the strength with --set l2=VALUE")
+            log.warning("linear probe: no validation images to choose the L2 strength on; using %g (give "
+                        "--val-fraction above 0 to choose it, or --set l2=VALUE)", NO_VALIDATION_L2)
+            self.config.l2 = NO_VALIDATION_L2
+            self._fit(x, y, NO_VALIDATION_L2)
+            return {"l2": NO_VALIDATION_L2, "l2_source": "default: no validation images to choose on"}
         scores = {}
         for l2 in self.config.l2_grid:
             self._fit(x, y, l2)
