@@ -66,8 +66,6 @@ def run_setting(method: dict, train: dict | None, data_config: dict | None, sour
     if train is not None:
         recipe = {k: v for k, v in train.items() if k not in _NOT_SETTING}
         recipe["lr_grid"] = list(recipe.get("lr_grid") or []) or None  # [] (turned off by --lr) = none
-        if recipe["lr_grid"]:
-            recipe.pop("lr", None)  # the grid picks it
     data = {k: v for k, v in (data_config or {}).items() if k != "fold" and v not in (None, [], "")}
     for key in _DATA_PATHS:
         if data.get(key):
@@ -176,7 +174,7 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 def _shown(value: Any) -> str:
     if isinstance(value, list):
         return "/".join(_shown(v) for v in value) or "none"
-    text = "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    text = "none" if value in (None, "") else f"{value:g}" if isinstance(value, float) else str(value)
     return text if len(text) <= 24 else text[:21] + "…"
 
 
@@ -193,8 +191,9 @@ def _row_labels(keys: list[tuple], settings: dict[tuple, dict]) -> dict[tuple, s
     for name, group in by_name.items():
         flats = {key: _flat(settings[key]) for key in group}
         fields = sorted({f for flat in flats.values() for f in flat})
+        # what differs among the rows of this name; the encoder has its own label, inputs show in their option
         varying = [f for f in fields if len({_canonical(flats[k].get(f)) for k in group}) > 1
-                   and f not in _QUALIFIED and not f.startswith("encoder.")]
+                   and f not in _QUALIFIED and not f.startswith(("encoder.", "inputs"))]
         for key in group:
             setting = settings[key]
             qualifiers = [f"{setting.get('shots')}-shot"] if setting.get("shots") else []
