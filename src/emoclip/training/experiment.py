@@ -308,9 +308,12 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
         return train(method, train_xy, val_xy, run_config, folder, resume=resume, progress=progress,
                      extra_meta=meta, train_paths=keep_paths)
 
-    if train_config.lr_grid and not len(val_xy[1]):
-        raise EmoclipError(f"train.lr_grid {train_config.lr_grid} picks the learning rate on validation and this run "
-                           "has no validation images; use --val-fraction above 0, or one rate with --lr")
+    if train_config.lr_grid and not len(val_xy[1]):  # nothing to choose on: one rate, said and recorded
+        log.warning("train.lr_grid %s picks the learning rate on validation and this run has no validation images; "
+                    "training once at lr %g (use --val-fraction above 0 for the grid)", train_config.lr_grid,
+                    train_config.lr)
+        meta["lr_grid_skipped"] = f"no validation images: trained once at lr {train_config.lr:g}"
+        train_config = replace(train_config, lr_grid=None)
     training = _select_lr(fit, train_config, out) if train_config.lr_grid else fit(train_config, out)
     summary = {"method": name, "training": {k: v for k, v in training.items() if k != "history"}, **meta,
                "lost": lost, "listed": listed}
