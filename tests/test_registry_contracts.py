@@ -118,3 +118,22 @@ def test_killed_after_an_epoch_then_resumed_equals_uninterrupted(tiny, six, sepa
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
     if summary.get("epochs"):  # the loop's methods: the log holds every epoch once
         assert [r["epoch"] for r in summary["history"]] == [1, 2, 3]
+
+
+def test_the_seed_draws_the_validation_part_and_the_few_shot_images():
+    """What every method shares: the validation part carved from train and the few-shot draw follow the seed."""
+    from pathlib import Path
+
+    from emoclip.datasets.dataset import Dataset, Sample, few_shot
+    from emoclip.training.experiment import _train_val
+
+    data = Dataset("d", [Sample(Path(f"/d/{c}{i}.jpg"), c, "train") for c in ("joy", "fear") for i in range(20)])
+
+    def val_part(seed):
+        return sorted(str(p) for p in _train_val(data, 0.25, seed)[1].paths)
+
+    def draw(seed):
+        return sorted(str(p) for p in few_shot(data, 4, seed)[0].paths)
+
+    assert val_part(1) == val_part(1) and val_part(1) != val_part(2)
+    assert draw(1) == draw(1) and draw(1) != draw(2)
