@@ -11,7 +11,8 @@ and the encoder spec. The rules, so a table never averages what it should not:
 - runs that differ in anything else never merge: another option, recipe, K, target or encoder is
   another row, labelled with what differs; other data under the same dataset name is another
   column, labelled with its source;
-- two runs of the same setting, seed and fold are one result twice: refused, naming both files;
+- two runs of the same setting, seed and fold are one result twice: refused, naming both files
+  (records without a seed cannot be told apart from one run twice and are counted as given);
 - the caption says what each cell averages over; a cell of one run shows its value without "± 0.00";
 - one name per method (``zeroshot`` of older records is ``zero-shot``).
 
@@ -235,7 +236,8 @@ def aggregate(runs: Sequence[dict], metric: str = "accuracy") -> dict:
         origin = metrics.get("_file") or f"run #{n + 1}"
         identity = (row, dataset, data_key, run.get("split") or "", metrics.get("level"), run.get("seed"),
                     run.get("fold"))
-        if identity in seen:
+        if identity in seen and run.get("seed") is not None:  # without a recorded seed, two runs cannot be told
+            # apart from one run twice: such (hand-made) records are counted as given
             raise EmoclipError(f"{seen[identity]} and {origin} are the same run (one setting, seed "
                                f"{run.get('seed')}, fold {run.get('fold')}): it would be counted twice; leave one "
                                "out of the runs to aggregate")
