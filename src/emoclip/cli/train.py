@@ -103,7 +103,7 @@ def train_command(config_files, method, sets, root, split_file, manifests, layou
     if t.get("lr_selection"):
         fitted += f", lr {t['lr_selection']['chosen']:g} chosen on validation"
     val = (f"val acc {100 * t['val_accuracy']:.2f}" if isinstance(t.get("val_accuracy"), int | float)
-           else "no validation")
+           else "no validation" if t.get("validation") else "nothing chosen on validation")
     click.echo(f"{summary['method']}: {fitted} ({val}); "
                f"test {scores or 'not scored'} → {out}")
     lost = summary.get("lost", {})
