@@ -152,7 +152,7 @@ def make_kfold(root, folds=2, per_class=3):
 
 
 def test_sweep_runs_the_grid_then_only_what_is_missing(tmp_path):
-    root = make_kfold(tmp_path / "tw")
+    root = make_kfold(tmp_path / "tw", per_class=6)  # enough to hold out validation: the probe chooses on it
     grid = tmp_path / "grid.yaml"
     grid.write_text(f"""
 out: {tmp_path / 'runs'}
@@ -206,3 +206,53 @@ def test_predict_multi_lists_every_label_above_the_threshold(data):
     assert first["multi"].split("|")[0].split(":")[0] == first["label"]
     plain = run("predict", root / "joy", "-t", "emotionroi6", *TINY, "--format", "csv")
     assert "multi" not in plain.stdout.splitlines()[0]
+
+
+# -- protocol guards (issue 19 item 7, issue 21's split hardening) ------------------------------------
+@pytest.fixture(scope="module")
+def folds_root(tmp_path_factory):
+    return make_kfold(tmp_path_factory.mktemp("official") / "tw", folds=3, per_class=2)
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--ratios", "nan,0.5"], "one positive ratio per split name"),
+    (["--ratios", "inf,0.5"], "one positive ratio per split name"),
+    (["--names", ","], "split names must be non-empty"),
+    (["--names", "train,train"], "split names must differ"),
+    (["--folds", "400"], "more folds than the 12 images"),
+])
+def test_bad_split_requests_are_one_clear_line(folds_root, tmp_path, args, says):
+    result = run("split", folds_root, *args, "-o", tmp_path / "s.tsv")
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if "error" in line]
+    assert len(errors) == 1 and says in errors[0] and errors[0].startswith("emoclip: error:")
+    assert not (tmp_path / "s.tsv").exists()
+
+
+def test_split_folds_on_official_partitions_warns(folds_root, tmp_path):
+    result = run("split", folds_root, "--folds", 3, "-o", tmp_path / "s.tsv")
+    assert result.exit_code == 0, result.output
+    assert "already has 3 official folds" in result.output and "not comparable" in result.output
+    assert "no --fold given" not in result.output  # split reassigns every image: no default fold to speak of
+
+
+def test_a_default_fold_is_said_and_label_rows_without_images_are_counted(tmp_path):
+    root = tmp_path / "tw"
+    rows = []
+    for k in (1, 2):
+        for c in ("positive", "negative"):
+            for i in range(3):
+                path = root / f"partition{k}" / f"{k}{c}{i}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                noise_image(24, 24, seed=10 * k + i + (c == "positive")).save(path)
+                rows.append(f"{path.name}\t{c}")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join([*rows, "lost1.jpg\tpositive", "lost2.jpg\tnegative"]) + "\n")
+    result = run("evaluate", "--root", root, "--label-file", labels, "-t", "polarity", *TINY,
+                 "--out", tmp_path / "ev")
+    assert result.exit_code == 0, result.output
+    assert "no --fold given: fold 1 of 2" in result.output and "pass --fold K" in result.output
+    assert "2 of 14 rows of" in result.output and "name no image" in result.output
+    chosen = run("evaluate", "--root", root, "--label-file", labels, "--fold", 2, "-t", "polarity", *TINY,
+                 "--out", tmp_path / "ev2")
+    assert chosen.exit_code == 0 and "no --fold given" not in chosen.output

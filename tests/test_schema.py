@@ -85,7 +85,6 @@ def test_every_registered_method_has_a_card():
 def test_every_recipe_is_a_valid_experiment():
     from emoclip.recipes import list_recipes
     from emoclip.schema.experiment import check_experiment, read_config
-
     from emoclip.training.sweep import read_grid
 
     recipes = list_recipes("methods")

@@ -233,6 +233,9 @@ def test_unified_train_over_two_taxonomies_then_predict_and_evaluate_under_each(
     assert summary["data"]["train"] == 2 * 6 * 3
     assert json.loads((out / "six" / "metrics.json").read_text())["level"] == "emotionroi6"
     assert json.loads((out / "two" / "metrics.json").read_text())["level"] == "polarity"
+    record = json.loads((out / "six" / "metrics.json").read_text())["run"]  # a 2-shot and a full run never merge
+    assert record["shots"] == 3 and record["target"] == "labels" and record["data_source"] == str(split)
+    assert "fold" in record and record["setting"]["shots"] == 3 and record["setting"]["unified_with"] == ["six", "two"]
 
     rows = [json.loads(line) for line in run("predict", "--checkpoint", out, root / "joy").stdout.splitlines()]
     assert len(rows) == 6 and rows[0]["label"] in load_taxonomy("emotionroi6").names

@@ -143,12 +143,14 @@ def preflight_weights(config: dict[str, Any]) -> None:
 
 
 def run(config: dict[str, Any], out: str | Path, device: str = "auto", cache_dir: str | None = None,
-        no_cache: bool = False, resume: bool = False, progress: bool | None = None) -> dict[str, Any]:
-    """Run a checked experiment config (``experiment_config``) into ``out``; the summary it wrote."""
+        no_cache: bool = False, resume: bool = False, progress: bool | None = None,
+        overwrite: bool = False) -> dict[str, Any]:
+    """Run a checked experiment config (``experiment_config``) into ``out``; the summary it wrote.
+    A folder holding a finished run is refused unless ``resume`` or ``overwrite``."""
     preflight_weights(config)
     from emoclip.training.experiment import run_experiment
 
-    return run_experiment(config, out, device, cache_dir, no_cache, resume, progress)
+    return run_experiment(config, out, device, cache_dir, no_cache, resume, progress, overwrite=overwrite)
 
 
 def _route(kwargs: dict[str, Any]) -> tuple[dict, dict, dict]:

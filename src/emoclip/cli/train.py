@@ -73,12 +73,13 @@ def _recipe_names() -> list[str]:
 @click.option("--name", default=None, help="Row label in `emoclip aggregate`.")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run folder.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last epoch.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished run in --out (without it, one is refused).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
 @handle_errors
 def train_command(recipes, config_files, method, sets, root, split_file, manifests, layout, fold, label_file, votes,
                   taxonomy, label_taxonomy, shots, target, model, pretrained, device, cache_dir, no_cache, precision,
                   epochs, batch_size, lr, optimizer, scheduler, weight_decay, seed, val_fraction, also, name, out,
-                  resume, progress) -> None:
+                  resume, overwrite, progress) -> None:
     """Train a method on cached features, keep the best-on-validation checkpoint, score it on test.
 
     Options merge in the order: the method's recipe (`emoclip methods`), --recipe(s), --config files,
@@ -100,7 +101,8 @@ def train_command(recipes, config_files, method, sets, root, split_file, manifes
         train={"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "scheduler": scheduler,
                "weight_decay": weight_decay, "seed": seed, "val_fraction": val_fraction, "shots": shots,
                "target": target})
-    summary = run(config, out, device, cache_dir, no_cache, resume, progress)  # BART checked before torch loads
+    # BART is checked before torch loads
+    summary = run(config, out, device, cache_dir, no_cache, resume, progress, overwrite=overwrite)
     t = summary["training"]
     test = summary.get("test", {})
     per_epoch = ""
@@ -115,7 +117,9 @@ def train_command(recipes, config_files, method, sets, root, split_file, manifes
                                                if isinstance(v, int | float)))
     if t.get("lr_selection"):
         fitted += f", lr {t['lr_selection']['chosen']:g} chosen on validation"
-    click.echo(f"{summary['method']}: {fitted} (val acc {100 * t.get('val_accuracy', 0):.2f}); "
+    val = (f"val acc {100 * t['val_accuracy']:.2f}" if isinstance(t.get("val_accuracy"), int | float)
+           else "no validation" if t.get("validation") else "nothing chosen on validation")
+    click.echo(f"{summary['method']}: {fitted} ({val}); "
                f"test {scores or 'not scored'} → {out}")
     lost = summary.get("lost", {})
     exit_if_lost(sum(lost.values()), sum(summary.get("listed", {}).values()), f"{out}/summary.json")

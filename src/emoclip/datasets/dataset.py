@@ -30,6 +30,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -43,6 +45,8 @@ from emoclip.core.errors import EmoclipError, TaxonomyError, short_repr
 from emoclip.core.files import IMAGE_SUFFIXES, name_from_text, name_text, walk_images
 from emoclip.core.userfiles import MAX_TABLE_BYTES, read_text
 from emoclip.labels.taxonomy import Taxonomy
+
+log = logging.getLogger("emoclip")
 
 SPLIT_FOLDER_NAMES = ("train", "val", "validation", "test")
 # A fold is a folder or list file whose whole name is an optional word and a number.
@@ -182,31 +186,54 @@ def read_label_table(path: Path) -> list[tuple[str, str]]:
     With a header the label column is the one named label/emotion/sentiment/class/category (else
     the second); without one it is the second column.
     """
+    return read_image_table(path, _LABEL_WORDS, "label")
+
+
+def read_image_table(path: Path, value_words: Sequence[str], what: str) -> list[tuple[str, str]]:
+    """``image, value`` pairs of a table keyed by image (labels, captions): one format for all of them.
+
+    CSV, TSV or space-separated; bare file names or paths relative to the data root; a header row is
+    optional (then the image column is the one named image/path/file…, the value column the first
+    named one of ``value_words``, else the second).
+    """
     rows = _read_table(path)
-    image_col, label_col = 0, 1
+    image_col, value_col = 0, 1
     if _is_header(rows[0]):
         header = [h.strip("[] ").lower() for h in rows[0]]
-        named = [i for i, h in enumerate(header) if h in _LABEL_WORDS]
-        label_col = named[0] if named else 1
+        named = [i for i, h in enumerate(header) if h in value_words]
+        value_col = named[0] if named else 1
         image_col = next((i for i, h in enumerate(header) if h in _HEADER_WORDS), 0)
         rows = rows[1:]
     pairs = []
     for n, row in enumerate(rows, 1):
-        if len(row) <= max(image_col, label_col):
-            raise EmoclipError(f"{path}: row {n} {row!r} has no label column; expected 'image<TAB>label' rows")
-        pairs.append((row[image_col], row[label_col]))
+        if len(row) <= max(image_col, value_col):
+            raise EmoclipError(f"{path}: row {n} {short_repr(row)} has no {what} column; expected "
+                               f"'image<TAB>{what}' rows")
+        pairs.append((row[image_col], row[value_col]))
     return pairs
 
 
-def _labels_from_table(label_file: Path, images: Sequence[Path], root: Path, split_of: Callable[[Path], str | None]
-                       ) -> list[Sample]:
+def report_label_rows_without_image(label_file: Path, unmatched: Sequence[str], total: int, root: Path) -> None:
+    """Rows of a label table naming no image are counted and said, never dropped silently."""
+    log.warning("%d of %d rows of %s name no image under %s (first: %s); they are left out", len(unmatched), total,
+                label_file, root, short_repr(unmatched[0]))
+
+
+def _labels_from_table(label_file: Path, images: Sequence[Path], root: Path, split_of: Callable[[Path], str | None],
+                       report_unmatched: bool = True) -> list[Sample]:
     """Samples for ``images`` with labels from ``label_file``; unlisted images are an error naming one."""
     index = ImageIndex(root, images)
     labels: dict[Path, str] = {}
-    for key, label in read_label_table(label_file):
+    unmatched: list[str] = []
+    rows = read_label_table(label_file)
+    for key, label in rows:
         found = index.find(key, str(label_file))
         if found is not None:
             labels[found] = label
+        else:
+            unmatched.append(key)
+    if unmatched and report_unmatched:
+        report_label_rows_without_image(label_file, unmatched, len(rows), root)
     unlabelled = [p for p in images if p not in labels]
     if len(unlabelled) == len(images) and images:
         raise EmoclipError(f"no image under {root} is listed in {label_file} (first image: {images[0].name}); "
@@ -336,7 +363,11 @@ def _fold_parts(root: Path) -> list[Path]:
 
 
 def _pick_fold(numbers: Sequence[int], fold: int | None, where: str) -> int:
+    """The test fold: ``fold``, or (never silently) the first one, said in a warning."""
     test_fold = min(numbers) if fold is None else fold
+    if fold is None:
+        log.warning("no --fold given: fold %d of %d in %s is the test fold, the others train; pass --fold K "
+                    "(one run per fold) to choose", test_fold, len(set(numbers)), where)
     if test_fold not in numbers:
         raise EmoclipError(f"--fold {fold} does not exist in {where}; folds: {', '.join(map(str, sorted(numbers)))}")
     return test_fold
@@ -356,17 +387,24 @@ def from_kfold(root: Path, fold: int | None = None, label_file: Path | None = No
     if label_file is not None:
         assert index is not None
         table = {}
-        for key, label in read_label_table(label_file):
+        rows = read_label_table(label_file)
+        unmatched = []
+        for key, label in rows:
             found = index.find(key, str(label_file))
             if found is not None:
                 table[found] = label
+            else:
+                unmatched.append(key)
+        if unmatched:  # counted once over all folds (each fold's own pass sees the others' rows)
+            report_label_rows_without_image(label_file, unmatched, len(rows), root)
     samples: list[Sample] = []
     for part, number in zip(parts, numbers, strict=True):
         split = split_of[number]
         if not part.is_dir():
             samples += _list_file_samples(part, root, split, index, table)
         elif label_file is not None:
-            samples += _labels_from_table(label_file, _images_in(part), root, _constant_split(split))
+            samples += _labels_from_table(label_file, _images_in(part), root, _constant_split(split),
+                                          report_unmatched=False)
         else:
             in_folders = _class_folder_samples(part, split)
             if not in_folders and _images_in(part):
@@ -688,8 +726,15 @@ def attach_votes(dataset: Dataset, votes_file: Path, root: Path) -> Dataset:
 # -- making splits -------------------------------------------------------------------------------
 def stratified_split(dataset: Dataset, ratios: Sequence[float], names: Sequence[str], seed: int = 0) -> Dataset:
     """Deterministic stratified split: per class, a seeded shuffle cut by ``ratios``."""
-    if len(ratios) != len(names) or any(r <= 0 for r in ratios):
-        raise EmoclipError("give one positive ratio per split name (e.g. --ratios 0.7,0.3 --names train,test)")
+    if len(ratios) != len(names) or not all(math.isfinite(r) and r > 0 for r in ratios):
+        raise EmoclipError(f"give one positive ratio per split name (got ratios {', '.join(map(str, ratios))} for "
+                           f"names {', '.join(map(repr, names))}); e.g. --ratios 0.7,0.3 --names train,test")
+    bad = [n for n in names if not n.strip() or n != n.strip() or "\t" in n or "\n" in n]
+    if bad:
+        raise EmoclipError(f"split names must be non-empty words, got {', '.join(map(repr, names))}; "
+                           "e.g. --names train,test")
+    if len(set(names)) != len(names):
+        raise EmoclipError(f"split names must differ, got {', '.join(names)}; e.g. --names train,val,test")
     total = float(sum(ratios))
     rng = np.random.default_rng(seed)
     assigned: list[str | None] = [None] * len(dataset)
@@ -727,6 +772,13 @@ def stratified_folds(dataset: Dataset, folds: int, seed: int = 0) -> Dataset:
     """
     if folds < 2:
         raise EmoclipError(f"--folds must be at least 2, got {folds}")
+    if folds > len(dataset):
+        raise EmoclipError(f"--folds {folds} is more folds than the {len(dataset)} images; use at most "
+                           f"{len(dataset)} (5 or 10 are usual)")
+    smallest = min((len(m), label) for label, m in _by_label(dataset).items())
+    if folds > smallest[0]:
+        log.warning("class '%s' has %d images, fewer than --folds %d: some test folds will lack it", smallest[1],
+                    smallest[0], folds)
     rng = np.random.default_rng(seed)
     assigned: dict[int, str] = {}
     offset = 0

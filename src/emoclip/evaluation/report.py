@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from emoclip.core.atomic import atomic_folder, atomic_write, atomic_write_bytes, atomic_write_text
 from emoclip.core.errors import ImageDecodeError
 from emoclip.core.files import name_text
+from emoclip.core.strict_json import dumps
 from emoclip.encoder.decode import load_rgb
 from emoclip.evaluation.evaluate import Evaluation
 
@@ -161,7 +161,7 @@ def write_run(evaluation: Evaluation, run: dict, out: Path, n_mistakes: int = 12
 def _write_run_files(evaluation: Evaluation, run: dict, out: Path, n_mistakes: int) -> None:
     payload = {"run": run, **evaluation.metrics,
                "failed": {name_text(p): reason for p, reason in evaluation.failed.items()}}
-    atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(out / "metrics.json", dumps(payload, indent=2) + "\n")  # NaN → null: JSON stays JSON
     write_predictions(evaluation, out / "predictions.csv")
     title = f"{run.get('name', '')} {evaluation.level.name}".strip()
     plot_confusion(np.array(evaluation.metrics["confusion_matrix"]), evaluation.level.names, out / "confusion.png",

@@ -16,9 +16,11 @@ one, so the listing and the implementation cannot drift apart.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -101,11 +103,31 @@ class Method(nn.Module):
         return {"method": self.name, **dataclasses.asdict(self.config)}
 
 
-def seeded_init(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
-    """Build a module with a fixed seed, leaving the global RNG as it was: the same config always
-    starts from the same weights (reproducible runs, resume), whatever ran before."""
+_INIT_SEED: contextvars.ContextVar[int] = contextvars.ContextVar("emoclip_init_seed", default=0)
+
+
+@contextlib.contextmanager
+def init_seed(seed: int) -> Iterator[None]:
+    """Methods built inside draw their initial weights (heads, mappings, LoRA, random prompts) from ``seed``:
+    the run's ``--seed`` reaches every initialisation, so "mean ± std over seeds" includes it."""
+    token = _INIT_SEED.set(int(seed))
+    try:
+        yield
+    finally:
+        _INIT_SEED.reset(token)
+
+
+def current_init_seed() -> int:
+    """The seed methods initialise from now (``init_seed``; 0 outside it, as before seeds reached methods)."""
+    return _INIT_SEED.get()
+
+
+def seeded_init(build: Callable[[], nn.Module], seed: int | None = None) -> nn.Module:
+    """Build a module from a fixed seed (default: ``current_init_seed()``), leaving the global RNG as it
+    was: the same config and seed always start from the same weights (reproducible runs, resume),
+    whatever ran before."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(current_init_seed() if seed is None else seed)
         return build()
 
 
@@ -147,8 +169,9 @@ def make_config(cls: type[Method], options: dict[str, Any] | None) -> MethodConf
     return build(cls.Config, options, f"method '{cls.name}'")
 
 
-def create_method(name: str, backbone: Backbone, taxonomy: Taxonomy, options: dict[str, Any] | None = None
-                  ) -> Method:
+def create_method(name: str, backbone: Backbone, taxonomy: Taxonomy, options: dict[str, Any] | None = None,
+                  seed: int | None = None) -> Method:
+    """A registered method; ``seed`` (the run's) seeds its initial weights (None: the current ``init_seed``)."""
     methods = list_methods()
     if name not in methods:
         from emoclip.schema.methods import method_card
@@ -157,4 +180,5 @@ def create_method(name: str, backbone: Backbone, taxonomy: Taxonomy, options: di
             raise EmoclipError(f"method '{name}' trains nothing; `emoclip evaluate` scores it (or use one of "
                                f"{', '.join(methods)})")
     cls = methods[name]
-    return cls(backbone, taxonomy, make_config(cls, options))
+    with init_seed(current_init_seed() if seed is None else seed):
+        return cls(backbone, taxonomy, make_config(cls, options))

@@ -14,7 +14,6 @@ of different epochs (a run killed between writing the two) are each refused with
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from safetensors.torch import save
 
 from emoclip.core.atomic import atomic_write_bytes, atomic_write_text
 from emoclip.core.errors import DamagedFileError, EmoclipError, shorten
+from emoclip.core.strict_json import dumps
 from emoclip.core.userfiles import parse_document, read_text
 from emoclip.encoder.backbone import Backbone, load_backbone
 from emoclip.labels.taxonomy import Taxonomy, taxonomy_from_dict
@@ -70,7 +70,7 @@ def save_checkpoint(folder: str | Path, method: Method, extra: dict | None = Non
         "taxonomy": method.taxonomy.to_dict(),
         **(extra or {}),
     }
-    atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(folder / META_FILE, dumps(meta, indent=2) + "\n")  # strict: NaN never reaches the file
     return folder
 
 

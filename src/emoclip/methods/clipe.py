@@ -4,8 +4,11 @@
 - ``clipe-contrastive``: feature → Dense 512 (ReLU) → Dense D (linear), trained with CLIP's
   symmetric contrastive loss against frozen text features of captions: the sentiment caption
   (SC) "a photo that seems to express {emotion}", the same with each synonym (SSC), and optional
-  user-supplied image captions (IC, a CSV/TSV of image path and caption; no captioner runs
-  offline). Each step pairs every image with one of its captions, drawn from a seeded generator.
+  user-supplied image captions (IC: a caption table in the label table's format — ``image<TAB>caption``
+  rows, bare file names or paths relative to the data root, header optional; docs/protocol.md; no
+  captioner runs offline). The table is matched against the training images before the first epoch:
+  none matched is refused, a partial match warned, and the digest and counts are recorded in the
+  run. Each step pairs every image with one of its captions, drawn from a seeded generator.
   It predicts under **any** taxonomy given at inference: a class scores the best similarity among
   its captions (synonyms count for their class), and when the taxonomy is coarser than the
   training one, the fine classes' captions count for their parents too.
@@ -13,7 +16,8 @@
 
 from __future__ import annotations
 
-import csv
+import hashlib
+import logging
 import math
 from pathlib import Path
 
@@ -26,6 +30,9 @@ from emoclip.encoder.backbone import Backbone
 from emoclip.labels.taxonomy import Taxonomy
 from emoclip.methods.base import Method, register_method, seeded_init
 from emoclip.schema.methods import SENTIMENT_CAPTION, ClipECEConfig, ClipEContrastiveConfig  # noqa: F401 - the cards
+
+log = logging.getLogger("emoclip")
+CAPTION_WORDS = ("caption", "captions", "text", "description")
 
 
 @register_method("clipe-ce")
@@ -42,17 +49,50 @@ class ClipECrossEntropy(Method):
         return self.head(features.float())
 
 
-def read_image_captions(path: str) -> dict[str, str]:
-    """``image<TAB or comma>caption`` rows → {resolved image path: caption}."""
+def read_caption_table(path: str) -> tuple[list[tuple[str, str]], str]:
+    """The ``(image, caption)`` rows of a caption table and the SHA-256 of its bytes (the run's identity)."""
+    from emoclip.datasets.dataset import read_image_table
+
     file = Path(path).expanduser()
     if not file.is_file():
-        raise EmoclipError(f"image captions file {path} does not exist")
-    text = file.read_text(encoding="utf-8")
-    delimiter = "\t" if "\t" in text.splitlines()[0] else ","
-    rows = [r for r in csv.reader(text.splitlines(), delimiter=delimiter) if len(r) >= 2]
-    if rows and rows[0][0].strip().lower() in ("image", "path"):
-        rows = rows[1:]
-    return {str((file.parent / r[0].strip()).resolve()): r[1].strip() for r in rows}
+        raise EmoclipError(f"image captions file {path} does not exist; fix --set image_captions=FILE")
+    return read_image_table(file, CAPTION_WORDS, "caption"), hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def match_captions(path: str, images: list[str]) -> tuple[dict[str, str], dict]:
+    """Captions of ``images`` (resolved path → caption) from the table at ``path``, and what matched.
+
+    A row names an image as the label table does: by bare file name (or stem), by a path relative to
+    the data root (matched as the tail of the image's path), or by a path relative to the table's own
+    folder. A bare name shared by several images is refused (give relative paths), never guessed.
+    """
+    rows, digest = read_caption_table(path)
+    resolved = [Path(p).resolve() for p in images]
+    by_name: dict[str, list[Path]] = {}
+    for p in resolved:
+        by_name.setdefault(p.name.lower(), []).append(p)
+        if p.stem.lower() != p.name.lower():
+            by_name.setdefault(p.stem.lower(), []).append(p)
+    known = set(resolved)
+    base = Path(path).expanduser().resolve().parent
+    captions: dict[str, str] = {}
+    for key, caption in rows:
+        key = key.strip().replace("\\", "/")
+        direct = (base / key).resolve()
+        if direct in known:
+            captions[str(direct)] = caption
+            continue
+        found = by_name.get(Path(key).name.lower(), [])
+        if "/" in key:
+            found = [p for p in found if p.as_posix().lower().endswith("/" + key.lower().lstrip("./"))]
+        if len(found) > 1:
+            raise EmoclipError(f"image captions {path}: '{key}' matches {len(found)} training images ({found[0]}, "
+                               f"{found[1]}, …); give paths relative to --root instead of bare names")
+        if found:
+            captions[str(found[0])] = caption
+    record = {"file": str(path), "sha256": digest, "rows": len(rows), "matched": len(captions),
+              "train_images": len(set(resolved))}
+    return captions, record
 
 
 @register_method("clipe-contrastive")
@@ -71,8 +111,30 @@ class ClipEContrastive(Method):
         texts, owners = self.captions_for(taxonomy)
         self.register_buffer("caption_features", backbone.encode_texts(texts), persistent=False)
         self.register_buffer("caption_class", torch.tensor(owners), persistent=False)
-        self.image_captions = read_image_captions(config.image_captions) if config.image_captions else {}
+        self.image_captions: dict[str, str] = {}  # bound to the training images by bind_training_images
         self._view_cache: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
+
+    def bind_training_images(self, paths: list[str]) -> dict:
+        """Match the caption table (``image_captions``) to the training images before training.
+
+        Returns what is recorded in the run: ``{"image_captions": {file, sha256, rows, matched,
+        train_images}}``. None matched is refused with the fix (the table names images as the label
+        table does); some training images without a caption is warned (they train on SC/SSC only).
+        """
+        if not self.config.image_captions:
+            return {}
+        self.image_captions, record = match_captions(self.config.image_captions, paths)
+        first = paths[0] if paths else "none"
+        if not self.image_captions:
+            raise EmoclipError(f"image captions {self.config.image_captions}: none of its {record['rows']} rows names "
+                               f"one of the {record['train_images']} training images (first training image: "
+                               f"{Path(first).name}); its first column must hold their file names or paths relative "
+                               "to --root, as in --label-file")
+        if record["matched"] < record["train_images"]:
+            log.warning("image captions %s: %d of %d training images have a caption; the others train on the "
+                        "sentiment captions only", self.config.image_captions, record["matched"],
+                        record["train_images"])
+        return {"image_captions": record}
 
     def captions_for(self, target: Taxonomy) -> tuple[list[str], list[int]]:
         """Captions and the ``target`` class each stands for (synonyms and finer classes included)."""

@@ -2,9 +2,16 @@
 
 The L2 strength is swept over a log grid; each value is fitted full-batch with L-BFGS on the
 training part and scored on the validation part; the best is refitted on training + validation.
+Without a validation part there is nothing to choose on: the strength given (``l2``) is used, else
+``NO_VALIDATION_L2`` with a warning, and the run records which (``fit.l2_source``) — never a strength
+picked by a tie of empty scores. A given ``l2`` (≥ 0) is used as is, without the sweep.
+Weights start at zero (the problem is convex), so the seed changes the validation part carved
+from train, not the initial weights.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +21,11 @@ from emoclip.encoder.backbone import Backbone
 from emoclip.labels.taxonomy import Taxonomy
 from emoclip.methods.base import Method, register_method
 from emoclip.schema.methods import LinearProbeConfig  # options, ranges and help: the method's card
+
+log = logging.getLogger("emoclip")
+# The strength used when there is no validation part to choose on: the middle (log scale) of the default
+# grid, a moderate penalty for unit-length features. Said in a warning and recorded; never silent.
+NO_VALIDATION_L2 = 1e-3
 
 
 @register_method("linear-probe")
@@ -53,13 +65,21 @@ class LinearProbe(Method):
             vy = vy if vy.ndim == 1 else vy.argmax(1)
         else:
             refit_vy = vy
+        if self.config.l2 >= 0:  # given: no sweep, trained on everything there is
+            self._fit(torch.cat([x, vx]), torch.cat([y, refit_vy]), self.config.l2)
+            return {"l2": self.config.l2, "l2_source": "given"}
+        if not len(vy):
+            log.warning("linear probe: no validation images to choose the L2 strength on; using %g (give "
+                        "--val-fraction above 0 to choose it, or --set l2=VALUE)", NO_VALIDATION_L2)
+            self.config.l2 = NO_VALIDATION_L2
+            self._fit(x, y, NO_VALIDATION_L2)
+            return {"l2": NO_VALIDATION_L2, "l2_source": "default: no validation images to choose on"}
         scores = {}
-        grid = self.config.l2_grid if self.config.l2 < 0 else (self.config.l2,)  # a fixed l2 skips the search
-        for l2 in grid:
+        for l2 in self.config.l2_grid:
             self._fit(x, y, l2)
             with torch.no_grad():
-                scores[l2] = (self.linear(vx).argmax(1) == vy).float().mean().item() if len(vy) else 0.0
-        best = max(grid, key=lambda v: (scores[v], v))  # ties → stronger regularisation
+                scores[l2] = (self.linear(vx).argmax(1) == vy).float().mean().item()
+        best = max(self.config.l2_grid, key=lambda v: (scores[v], v))  # ties → stronger regularisation
         self.config.l2 = best
         self._fit(torch.cat([x, vx]), torch.cat([y, refit_vy]), best)
         # val_accuracy is the selection score (the refit has seen the validation part)

@@ -31,7 +31,7 @@ from emoclip.core.errors import EmoclipError
 from emoclip.encoder.backbone import Backbone
 from emoclip.encoder.prompt_encoder import PromptTextEncoder, context_template
 from emoclip.labels.taxonomy import Taxonomy
-from emoclip.methods.base import Method, register_method
+from emoclip.methods.base import Method, current_init_seed, register_method
 from emoclip.schema.methods import LOSSES, CoOpConfig, PromptConfig  # options, ranges, help: the cards
 
 WEIGHTS = {
@@ -61,7 +61,7 @@ class PromptMethod(Method):
         blocks = len(taxonomy) if config.class_specific else 1
         init = self.encoder.initial_block(config.learn_sot)
         if config.n_ctx:
-            generator = torch.Generator().manual_seed(0)
+            generator = torch.Generator().manual_seed(current_init_seed())  # the run's --seed
             noise = torch.randn(blocks, config.n_ctx, init.shape[-1], generator=generator) * config.init_std
             init = torch.cat([init[:1].expand(blocks, -1, -1), noise], 1) if config.learn_sot else noise
         else:

@@ -45,4 +45,4 @@ class ZeroShotClassifier:
         return self.logit_scale * image_features.float() @ self.class_weights.T
 
     def describe(self) -> dict:
-        return {"method": "zeroshot", "templates": list(self.templates), "synonyms": self.synonyms}
+        return {"method": "zero-shot", "templates": list(self.templates), "synonyms": self.synonyms}

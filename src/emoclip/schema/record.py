@@ -37,6 +37,8 @@ class RunRecord:
     data_source: str | None = option(None, "Where the data came from (root, split file, manifests).")
     checkpoint: str | None = option(None, "The run folder of the trained model; none for zero-shot.")
     training: dict | None = option(None, "The training recipe and its outcome (epochs, lr grid, best epoch).")
+    setting: dict | None = option(None, "Everything that can change the result, seed and fold aside "
+                                        "(evaluation.aggregate.run_setting): aggregate's grouping key.")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k in ("fold",)}

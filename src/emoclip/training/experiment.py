@@ -36,9 +36,11 @@ import yaml
 from emoclip.core.atomic import atomic_write_bytes, atomic_write_text
 from emoclip.core.errors import EmoclipError, NothingReadableError, TaxonomyError
 from emoclip.core.files import name_text
+from emoclip.core.strict_json import dumps
 from emoclip.datasets.dataset import Dataset
 from emoclip.encoder.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_backbone
 from emoclip.encoder.cache import FeatureCache, compute_features, default_cache_dir
+from emoclip.evaluation.aggregate import run_setting
 from emoclip.evaluation.evaluate import evaluate
 from emoclip.evaluation.report import write_run
 from emoclip.labels.taxonomy import Taxonomy, load_taxonomy
@@ -93,11 +95,14 @@ def run_zero_shot(config: dict[str, Any], out: str | Path, device: str = "auto",
     run = RunRecord(name=config.get("name") or ZERO_SHOT, method=classifier.describe(), seed=train_cfg.get("seed", 0),
                     dataset=test.name, split=eval_split, dataset_label=data.name, data_source=data.source,
                     fold=data.extra.get("fold"), shots=0, target="labels", backbone=backbone.identity(),
-                    taxonomy=taxonomy.name, label_taxonomy=label_taxonomy.name).to_dict()
+                    taxonomy=taxonomy.name, label_taxonomy=label_taxonomy.name,
+                    setting=run_setting(classifier.describe(), None, config.get("data"), data.source, 0, "labels",
+                                        taxonomy.name, label_taxonomy.name, backbone.identity(),
+                                        eval_split=eval_split)).to_dict()
     write_run(result, run, out)
     summary = {"method": ZERO_SHOT, "training": {"epochs": 0},
                "test": {"accuracy": result.metrics["accuracy"], "macro_f1": result.metrics["macro_f1"]}}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "summary.json", dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -127,8 +132,35 @@ def vote_targets(part: Dataset, label_taxonomy: Taxonomy, model_taxonomy: Taxono
     return targets
 
 
+FINISHED = "summary.json"  # written last: its presence means the run in the folder finished
+# What a run writes into its folder (and `--overwrite` removes first); other files are the user's and stay.
+RUN_FILES = ("summary.json", "metrics.json", "config.yaml", "log.jsonl", "last.safetensors", "model.safetensors",
+             "model.json", "predictions.csv", "report.md", "confusion.png", "per_class.png")
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """A folder holding a finished run is never silently replaced; ``overwrite`` clears the run's own files
+    (stale training state of another method included) so nothing of the old run mixes into the new one."""
+    if resume and overwrite:
+        raise EmoclipError("--resume continues the run in --out and --overwrite replaces it; give one of them")
+    if overwrite and out.is_dir():
+        import shutil
+
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for sub in [*out.glob("lr-*"), out / "mistakes"]:
+            if sub.is_dir() and (sub.name == "mistakes" or (sub / "log.jsonl").exists()
+                                 or (sub / "last.safetensors").exists() or not any(sub.iterdir())):
+                shutil.rmtree(sub)
+        return
+    if not resume and (out / FINISHED).is_file():
+        raise EmoclipError(f"{out} holds a finished run ({FINISHED}); train into another --out, add --overwrite to "
+                           "replace it, or --resume to continue it")
+
+
 def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto", cache_dir: str | None = None,
-                   no_cache: bool = False, resume: bool = False, progress: bool | None = None) -> dict:
+                   no_cache: bool = False, resume: bool = False, progress: bool | None = None,
+                   overwrite: bool = False) -> dict:
     """Train the configured method and evaluate it; returns the summary written to ``out/summary.json``.
 
     ``train.shots: K`` keeps K training images per class (seeded by ``train.seed``) and, as CoOp does,
@@ -137,6 +169,7 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
     the best on validation, as the PT-DPC paper's protocol needs.
     """
     out = Path(out)
+    check_run_folder(out, resume, overwrite)
     if not config.get("method"):
         raise EmoclipError(f"say which method to train (--method or 'method:' in --config); one of "
                            f"{', '.join(method_names())}")
@@ -203,14 +236,23 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", yaml.safe_dump({**config, "train": asdict(train_config)}, sort_keys=False))
-    meta = {"data": {**data_meta, "train": len(train_xy[1]), "val": len(val_xy[1])},
+    meta: dict[str, Any] = {"data": {**data_meta, "train": len(train_xy[1]), "val": len(val_xy[1])},
             "cache": {"hits": train_table.hits + val_table.hits, "misses": train_table.misses + val_table.misses}}
 
+    configured: dict[str, Any] = {}
+
     def fit(run_config: TrainConfig, folder: Path) -> dict:
-        method = create_method(name, backbone, taxonomy, config.get("options") or {})
+        method = create_method(name, backbone, taxonomy, config.get("options") or {}, seed=run_config.seed)
+        configured.setdefault("method", method.describe())  # as configured, before fitting sets anything
         return train(method, train_xy, val_xy, run_config, folder, resume=resume, progress=progress,
                      extra_meta=meta, train_paths=keep_paths)
 
+    if train_config.lr_grid and not len(val_xy[1]):  # nothing to choose on: one rate, said and recorded
+        log.warning("train.lr_grid %s picks the learning rate on validation and this run has no validation images; "
+                    "training once at lr %g (use --val-fraction above 0 for the grid)", train_config.lr_grid,
+                    train_config.lr)
+        meta["lr_grid_skipped"] = f"no validation images: trained once at lr {train_config.lr:g}"
+        train_config = replace(train_config, lr_grid=None)
     training = _select_lr(fit, train_config, out) if train_config.lr_grid else fit(train_config, out)
     summary = {"method": name, "training": {k: v for k, v in training.items() if k != "history"}, **meta,
                "lost": lost, "listed": listed}
@@ -224,14 +266,18 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
                         dataset=test.name, split=eval_split, dataset_label=data.name, checkpoint=str(out),
                         data_source=data.source, fold=data.extra.get("fold"), shots=train_config.shots,
                         target=train_config.target, backbone=backbone.identity(), taxonomy=taxonomy.name,
-                        label_taxonomy=label_taxonomy.name, training=summary["training"]).to_dict()
+                        label_taxonomy=label_taxonomy.name, training=summary["training"],
+                        setting=run_setting(configured["method"], asdict(train_config), config.get("data"),
+                                            data.source, train_config.shots, train_config.target, taxonomy.name,
+                                            label_taxonomy.name, backbone.identity(), training.get("inputs"),
+                                            eval_split)).to_dict()
         write_run(result, run, out)
         lost["test"], listed["test"] = result.metrics["n_failed"], len(test)
         summary["test"] = {"accuracy": result.metrics["accuracy"], "macro_f1": result.metrics["macro_f1"],
                            **{f"{lvl}_accuracy": m["accuracy"] for lvl, m in result.metrics["coarse"].items()}}
         if result.metrics.get("distribution"):
             summary["test"]["kl_divergence"] = result.metrics["distribution"]["kl_divergence"]
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "summary.json", dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -258,5 +304,5 @@ def _select_lr(fit, config: TrainConfig, out: Path) -> dict:
     meta["lr_selection"] = {"chosen": chosen, "monitor": config.monitor,
                             "by_lr": {f"{lr:g}": results[lr].get("best_value", results[lr]["val_accuracy"])
                                       for lr in results}}
-    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out / META_FILE, dumps(meta, indent=2) + "\n")
     return {**results[chosen], "lr": chosen, "lr_selection": meta["lr_selection"]}

@@ -154,8 +154,12 @@ def _resolve(base: Path, name: str) -> str:
 
 
 def _resolve_data(base: Path, section: Any) -> Any:
+    """A data section's paths resolved: relative to the grid file, or for a grid shipped inside the
+    package to the working folder (the data is the user's)."""
     if not isinstance(section, dict):
         return section
+    if _shipped(base):
+        base = Path(".")
     data = dict(section)
     for key in PATH_OPTIONS:
         value = data.get(key)

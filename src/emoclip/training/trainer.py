@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from emoclip.core.atomic import atomic_write_text
 from emoclip.core.errors import EmoclipError
+from emoclip.core.strict_json import dumps, finite
 from emoclip.methods.base import Method
 from emoclip.methods.checkpoint import save_checkpoint, save_tensors
 from emoclip.schema.training import MONITORS, TARGETS, TrainConfig  # noqa: F401 - the typed recipe (schema)
@@ -120,7 +121,7 @@ def _read_state(path: Path, method: Method, config: TrainConfig) -> tuple[dict, 
         consistent = False
     if not consistent:
         raise EmoclipError(f"training state {path} is damaged; delete it to start over (or run without --resume)")
-    if state["method"] != method.name or state["method_config"] != dataclasses.asdict(method.config):
+    if state["method"] != method.name or state["method_config"] != _as_saved(dataclasses.asdict(method.config)):
         raise EmoclipError(f"{path.parent} holds a {state['method']} run with other method options; resume it with "
                            "the same --method/--set options, or train into another --out")
     saved = {k: v for k, v in state["train_config"].items() if k != "epochs"}
@@ -132,15 +133,20 @@ def _read_state(path: Path, method: Method, config: TrainConfig) -> tuple[dict, 
     return state, tensors
 
 
+def _as_saved(value: Any) -> Any:
+    """``value`` as it reads back from the state's JSON (int dict keys become strings, tuples lists), so a
+    config compares equal to its own saved copy (UGRIE's ``bart_config.id2label`` has int keys)."""
+    return json.loads(dumps(value))
+
+
 def _write_derived(out: Path, method: Method, best_tensors: dict[str, torch.Tensor] | None, best: dict,
                    history: list[dict], meta: dict, monitor: str) -> None:
     """The files that follow the committed state: the best model (when it changed) and the log."""
     if best_tensors is not None and best["epoch"] >= 1:
-        save_checkpoint(out, method, {**meta, "training": {"best_epoch": best["epoch"],
-                                                           "val_accuracy": best["val_accuracy"],
-                                                           "monitor": monitor, "best_value": best.get("value")}},
-                        tensors=best_tensors)
-    atomic_write_text(out / LOG_FILE, "".join(json.dumps(r) + "\n" for r in history))
+        training = {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "monitor": monitor,
+                    "best_value": best.get("value")}
+        save_checkpoint(out, method, finite({**meta, "training": training}), tensors=best_tensors)
+    atomic_write_text(out / LOG_FILE, "".join(dumps(r) + "\n" for r in history))
 
 
 def hard_labels(y: torch.Tensor) -> torch.Tensor:
@@ -194,14 +200,20 @@ def train(method: Method, train_data: tuple[torch.Tensor, torch.Tensor], val_dat
     torch.manual_seed(config.seed)
     meta = {"train_config": dataclasses.asdict(config), **(extra_meta or {})}
     started = time.perf_counter()
+    inputs = training_inputs(method, train_paths)
+    if inputs:
+        meta["inputs"] = inputs
+    validation = ({"validation": f"none: no validation images (val_fraction {config.val_fraction:g}); "
+                                 "the last epoch is kept and no validation figure exists"} if len(vy) == 0 else {})
 
     direct = method.fit_direct(train_data, val_data)
     if direct is not None:
-        summary = {"epochs": 0, "best_epoch": 0, "val_accuracy": direct.get("val_accuracy", float("nan")),
-                   "train_accuracy": _accuracy(method, x, y), "fit": direct,
-                   "seconds": round(time.perf_counter() - started, 3)}
-        atomic_write_text(out / LOG_FILE, json.dumps(summary) + "\n")
-        save_checkpoint(out, method, {**meta, "training": summary})
+        summary = {"epochs": 0, "best_epoch": 0, "val_accuracy": direct.get("val_accuracy"),
+                   "train_accuracy": _accuracy(method, x, y), "fit": direct, **validation,
+                   "seconds": round(time.perf_counter() - started, 3), **({"inputs": inputs} if inputs else {})}
+        summary = finite(summary)
+        atomic_write_text(out / LOG_FILE, dumps(summary) + "\n")
+        save_checkpoint(out, method, finite({**meta, "training": summary}))
         return summary
 
     params = method.trainable_parameters()
@@ -254,7 +266,9 @@ def train(method: Method, train_data: tuple[torch.Tensor, torch.Tensor], val_dat
         val_acc = _accuracy(method, vx, vy)
         val_loss = _validation_loss(method, vx, vy, config) if config.monitor == "val_loss" else float("nan")
         watched = val_loss if config.monitor == "val_loss" else val_acc
-        record = {"epoch": epoch + 1, "loss": total / max(seen, 1), "val_accuracy": val_acc, "val_loss": val_loss,
+        # a figure that was not computed is left out (val_loss unless monitored) or null (no validation part)
+        record = {"epoch": epoch + 1, "loss": total / max(seen, 1), "val_accuracy": finite(val_acc),
+                  **({"val_loss": finite(val_loss)} if config.monitor == "val_loss" else {}),
                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - epoch_started, 3)}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             if not math.isnan(watched):
@@ -262,11 +276,13 @@ def train(method: Method, train_data: tuple[torch.Tensor, torch.Tensor], val_dat
         elif scheduler is not None:
             scheduler.step()
         history.append(record)
-        log.info("epoch %d: loss %.4f, val acc %.4f%s", epoch + 1, record["loss"], val_acc,
-                 f", val loss {val_loss:.4f}" if config.monitor == "val_loss" else "")
+        log.info("epoch %d: loss %.4f, %s%s", epoch + 1, record["loss"],
+                 f"val acc {val_acc:.4f}" if len(vy) else "no validation",
+                 f", val loss {val_loss:.4f}" if config.monitor == "val_loss" and len(vy) else "")
         improved = len(vy) == 0 or _better(config.monitor, watched, best.get("value"))
         if improved:
-            best = {"val_accuracy": val_acc, "val_loss": val_loss, "value": watched, "epoch": epoch + 1, "stale": 0}
+            best = finite({"val_accuracy": val_acc, "val_loss": val_loss, "value": watched, "epoch": epoch + 1,
+                           "stale": 0})
             best_tensors = {k: v.detach().clone() for k, v in method.state_dict().items()}
         else:
             best["stale"] = best.get("stale", 0) + 1
@@ -277,7 +293,7 @@ def train(method: Method, train_data: tuple[torch.Tensor, torch.Tensor], val_dat
                  "train_config": dataclasses.asdict(config)}
         save_tensors({**{f"method.{k}": v for k, v in method.state_dict().items()},
                       **{f"best.{k}": v for k, v in best_tensors.items()}, **opt_tensors},
-                     out / STATE_WEIGHTS, {"format": STATE_FORMAT, "epoch": str(epoch), "state": json.dumps(state)})
+                     out / STATE_WEIGHTS, {"format": STATE_FORMAT, "epoch": str(epoch), "state": dumps(state)})
         _write_derived(out, method, best_tensors if improved else None, best, history, meta, config.monitor)
         if config.early_stopping and best.get("stale", 0) >= config.early_stopping:
             log.info("early stop after epoch %d: %s has not improved for %d epochs", epoch + 1, config.monitor,
@@ -285,6 +301,18 @@ def train(method: Method, train_data: tuple[torch.Tensor, torch.Tensor], val_dat
             break
     stopped_early = bool(config.early_stopping) and best.get("stale", 0) >= config.early_stopping
     method.eval()
-    return {"epochs": len(history), "best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
-            "monitor": config.monitor, "best_value": best.get("value"), "stopped_early": stopped_early,
-            "history": history, "seconds": round(time.perf_counter() - started, 3)}
+    return finite({"epochs": len(history), "best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"],
+                   "monitor": config.monitor, "best_value": best.get("value"), "stopped_early": stopped_early,
+                   **validation, "history": history, "seconds": round(time.perf_counter() - started, 3),
+                   **({"inputs": inputs} if inputs else {})})
+
+
+def training_inputs(method: Method, train_paths: list[str] | None) -> dict:
+    """What the method drew from beyond the features (CLIP-E's image captions: digest, rows, images
+    matched), checked against the training images before the first epoch; {} when nothing.
+
+    A method opts in with ``bind_training_images(paths) -> dict`` (it may refuse, e.g. captions that
+    match no training image); the result is recorded in model.json, the summary and the run record.
+    """
+    bind = getattr(method, "bind_training_images", None)
+    return bind(list(train_paths or [])) or {} if bind is not None else {}

@@ -24,7 +24,6 @@ split into ``out/<dataset name>/``.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,9 +35,11 @@ import yaml
 
 from emoclip.core.atomic import atomic_write_text
 from emoclip.core.errors import EmoclipError
+from emoclip.core.strict_json import dumps
 from emoclip.datasets.dataset import Dataset
 from emoclip.encoder.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_backbone
 from emoclip.encoder.cache import FeatureCache, compute_features, default_cache_dir
+from emoclip.evaluation.aggregate import run_setting
 from emoclip.evaluation.evaluate import evaluate
 from emoclip.evaluation.report import write_run
 from emoclip.labels.taxonomy import Taxonomy, load_taxonomy
@@ -63,6 +64,7 @@ class DatasetPart:
     val: Dataset
     also: list[str]
     eval_split: str | None
+    entry_data: dict | None = None  # the data section as configured (the run's setting)
 
     def labels(self, part: Dataset) -> np.ndarray:
         indices = part.label_indices(self.label_taxonomy)
@@ -108,7 +110,7 @@ def open_part(entry: dict[str, Any], train_config: TrainConfig) -> DatasetPart:
         if len(val_part):
             val_part, _ = few_shot_part(val_part, min(train_config.shots, 4), train_config.seed, label_taxonomy)
     return DatasetPart(entry["name"], taxonomy, label_taxonomy, data, train_part, val_part,
-                       list(entry.get("also") or []), entry.get("eval_split", "test"))
+                       list(entry.get("also") or []), entry.get("eval_split", "test"), entry.get("data"))
 
 
 def run_unified(config: dict[str, Any], out: str | Path, device: str = "auto", cache_dir: str | None = None,
@@ -133,7 +135,9 @@ def run_unified(config: dict[str, Any], out: str | Path, device: str = "auto", c
                              precision=backbone_cfg.get("precision") or "fp32")  # exact unless asked
     cache = None if no_cache else FeatureCache(cache_dir or default_cache_dir(), backbone)
     tasks = [p.taxonomy.to_dict() for p in parts]
-    method = create_method(name, backbone, parts[0].taxonomy, {**(config.get("options") or {}), "taxonomies": tasks})
+    method = create_method(name, backbone, parts[0].taxonomy, {**(config.get("options") or {}), "taxonomies": tasks},
+                           seed=train_config.seed)
+    configured = method.describe()  # as configured, before training
 
     xs, ys, vxs, vys, paths, counts, hits, misses = [], [], [], [], [], {}, 0, 0
     for part in parts:
@@ -167,13 +171,20 @@ def run_unified(config: dict[str, Any], out: str | Path, device: str = "auto", c
             continue
         test = part.data.split(part.eval_split)
         result = evaluate(backbone, classifier_for(best, part.taxonomy), test, part.label_taxonomy, part.also, cache)
+        # the same record fields as a single-dataset run: a 2-shot and a full run never share a cell
         run = {"name": config.get("name") or name, "method": best.describe(), "seed": train_config.seed,
                "dataset": test.name, "split": part.eval_split, "dataset_label": part.name, "checkpoint": str(out),
-               "backbone": backbone.identity(), "taxonomy": part.taxonomy.name,
-               "label_taxonomy": part.label_taxonomy.name, "training": summary["training"]}
+               "data_source": part.data.source, "fold": part.data.extra.get("fold"), "shots": train_config.shots,
+               "target": train_config.target, "backbone": backbone.identity(), "taxonomy": part.taxonomy.name,
+               "label_taxonomy": part.label_taxonomy.name, "training": summary["training"],
+               "setting": {**run_setting(configured, asdict(train_config), part.entry_data, part.data.source,
+                                         train_config.shots, train_config.target, part.taxonomy.name,
+                                         part.label_taxonomy.name, backbone.identity(), training.get("inputs"),
+                                         part.eval_split),
+                           "unified_with": sorted(p.name for p in parts)}}
         write_run(result, run, out / part.name)
         summary["test"][f"{part.name}_accuracy"] = result.metrics["accuracy"]
         for level, metrics in result.metrics["coarse"].items():
             summary["test"][f"{part.name}_{level}_accuracy"] = metrics["accuracy"]
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "summary.json", dumps(summary, indent=2) + "\n")
     return summary
