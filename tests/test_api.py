@@ -4,6 +4,7 @@ tiny random model and a small generated dataset laid out like the examples' path
 from __future__ import annotations
 
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def workdir(tmp_path_factory):
 
 def test_every_doc_example_runs(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
+    shutil.rmtree(workdir / "runs", ignore_errors=True)  # each example trains into a new run folder
     namespace: dict = {}
     blocks = doc_blocks()
     assert len(blocks) >= 8
@@ -82,6 +84,7 @@ def test_every_doc_example_runs(workdir, monkeypatch, capsys):
 @pytest.mark.parametrize("module", [emoclip, emoclip.api], ids=["emoclip", "emoclip.api"])
 def test_package_docstring_examples_run(workdir, monkeypatch, module):
     monkeypatch.chdir(workdir)
+    shutil.rmtree(workdir / "runs", ignore_errors=True)  # each example trains into a new run folder
     exec(compile(tiny(docstring_example(module)), module.__name__, "exec"), {})
 
 

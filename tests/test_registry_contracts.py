@@ -125,12 +125,12 @@ def test_the_seed_draws_the_validation_part_and_the_few_shot_images():
     from pathlib import Path
 
     from emoclip.datasets.dataset import Dataset, Sample, few_shot
-    from emoclip.training.experiment import _train_val
+    from emoclip.training.common import train_val
 
     data = Dataset("d", [Sample(Path(f"/d/{c}{i}.jpg"), c, "train") for c in ("joy", "fear") for i in range(20)])
 
     def val_part(seed):
-        return sorted(str(p) for p in _train_val(data, 0.25, seed)[1].paths)
+        return sorted(str(p) for p in train_val(data, 0.25, seed)[1].paths)
 
     def draw(seed):
         return sorted(str(p) for p in few_shot(data, 4, seed)[0].paths)

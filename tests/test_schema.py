@@ -169,7 +169,8 @@ def test_set_l2_in_exponent_form_fixes_the_strength_and_skips_the_grid(data, tmp
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["config"]["l2"] == 1e-6
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert list(summary["training"]["fit"]["val_accuracy_by_l2"]) == ["1e-06"]  # one strength fitted, no search
+    fit = summary["training"]["fit"]
+    assert fit["l2"] == 1e-6 and fit["l2_source"] == "given" and "val_accuracy_by_l2" not in fit  # no search
 
 
 def test_scheduler_cosine_and_a_taxonomy_file_are_accepted_by_train(data, tmp_path):
