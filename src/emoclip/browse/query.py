@@ -455,15 +455,17 @@ class Browser:
         cols += [f"p_{c}" for c in layout.classes] + ["error"]
         return cols + (["score"] if search else [])
 
-    def export_rows(self, query: Query) -> Iterator[dict[str, Any]]:
-        """Every row of the selection (not only a page), flat, in the query's order."""
+    def export_rows(self, query: Query, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every row of the selection (not only a page; the first ``limit``), flat, in the query's order."""
         self.refresh()
         with self.lock:
             keep = self.mask(query)
             if query.is_search:
                 positions, scores, _ = self.search(query, keep)
             else:
-                positions, scores = self.order(keep, query, None), None
+                positions, scores = self.order(keep, query, limit), None
+            positions = positions[:limit]
+            scores = None if scores is None else scores[:limit]
             rows = self.collection.rows
             layout = self.layout
         for start in range(0, len(positions), EXPORT_CHUNK):
@@ -481,20 +483,20 @@ class Browser:
                     flat["score"] = record["score"]
                 yield flat
 
-    def export(self, query: Query, fmt: str) -> Iterator[str]:
+    def export(self, query: Query, fmt: str, limit: int | None = None) -> Iterator[str]:
         """The selection as CSV, JSON or JSON Lines text, in pieces (a million rows never sit in memory as text)."""
         if fmt not in EXPORT_FORMATS:
             raise EmoclipError(f"cannot export as '{fmt}'; use one of {', '.join(EXPORT_FORMATS)}")
-        return EXPORT_FORMATS[fmt](self, query)
+        return EXPORT_FORMATS[fmt](self, query, limit)
 
 
-def _export_csv(browser: Browser, query: Query) -> Iterator[str]:
+def _export_csv(browser: Browser, query: Query, limit: int | None) -> Iterator[str]:
     from emoclip.core.files import name_text
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=browser.export_columns(query.is_search), lineterminator="\n")
     writer.writeheader()
-    for n, row in enumerate(browser.export_rows(query), 1):
+    for n, row in enumerate(browser.export_rows(query, limit), 1):
         row["path"] = name_text(row["path"])
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
         if n % 1000 == 0:
@@ -504,15 +506,15 @@ def _export_csv(browser: Browser, query: Query) -> Iterator[str]:
     yield buffer.getvalue()
 
 
-def _export_json(browser: Browser, query: Query) -> Iterator[str]:
+def _export_json(browser: Browser, query: Query, limit: int | None) -> Iterator[str]:
     yield "["
-    for n, row in enumerate(browser.export_rows(query)):
+    for n, row in enumerate(browser.export_rows(query, limit)):
         yield ("," if n else "") + "\n  " + json.dumps(row, ensure_ascii=False, allow_nan=False)
     yield "\n]\n"
 
 
-def _export_jsonl(browser: Browser, query: Query) -> Iterator[str]:
-    for row in browser.export_rows(query):
+def _export_jsonl(browser: Browser, query: Query, limit: int | None) -> Iterator[str]:
+    for row in browser.export_rows(query, limit):
         yield json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
 
 
