@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from emoclip.core.atomic import atomic_write_bytes, atomic_write_text
+from emoclip.core.atomic import atomic_write, atomic_write_text
 from emoclip.core.errors import EmoclipError
 
 log = logging.getLogger("emoclip")
@@ -161,7 +161,8 @@ class FaissIndex:
         import faiss
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.dir / "index.faiss", faiss.serialize_index(self.index).tobytes())
+        with atomic_write(self.dir / "index.faiss", "wb", encoding=None) as handle:   # streamed: no copy in memory
+            faiss.write_index(self.index, faiss.PyCallbackIOWriter(handle.write))
         atomic_write_text(self.dir / "state.json", json.dumps(
             {"format": INDEX_FORMAT, "factory": self.factory, "dim": self.dim, "rows": len(self),
              "shards": {str(k): v for k, v in sorted(self.stamps.items())}}) + "\n")
