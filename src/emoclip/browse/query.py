@@ -44,6 +44,7 @@ HISTOGRAM_BINS = 20
 EXPORT_CHUNK = 10_000
 DEFAULT_TOP = 50
 MAX_LIMIT = 1000
+TEXT_CACHE = 32
 
 
 def default_browse_cache() -> Path:
@@ -155,6 +156,7 @@ class Browser:
                                       self.entry_dir)
         self._index: ExactIndex | FaissIndex | None = None
         self.lock = threading.RLock()
+        self._texts: dict[str, np.ndarray] = {}
 
     # -- the folder ------------------------------------------------------------------------------
     @property
@@ -309,7 +311,15 @@ class Browser:
         return index
 
     def text_vector(self, text: str) -> np.ndarray:
-        return self.tagger().backbone.encode_texts([text])[0].numpy()
+        """The text's CLIP feature; the last few are kept, as the page sends the same text with every
+        page turn and filter change."""
+        cached = self._texts.get(text)
+        if cached is None:
+            cached = self.tagger().backbone.encode_texts([text])[0].numpy()
+            self._texts[text] = cached
+            while len(self._texts) > TEXT_CACHE:
+                self._texts.pop(next(iter(self._texts)))
+        return cached
 
     def like_vector(self, like: str | int) -> tuple[np.ndarray, int | None]:
         """The feature to search by, and the global id of the row it is (None: an outside image)."""
