@@ -238,3 +238,26 @@ def test_http_api_key_export_and_the_bind_rule(browser):
         rows = pd.read_csv(__import__("io").StringIO(exported.text))
         assert len(rows) == browser.run(Query(labels=("awe",))).total and set(rows["label"]) == {"awe"}
         assert web.get("/", headers=keyed).headers["content-security-policy"].startswith("default-src 'self'")
+
+
+def test_the_page_can_compute_missing_features(tmp_path, tiny):
+    images = []
+    for i in range(4):
+        images.append(tmp_path / f"img{i}.png")
+        noise_image(40, 30, seed=10 + i).save(images[-1])
+    folder = write_synthetic_folder(tmp_path / "nofeat", 4, 2, DIM, model="tiny", features=False,
+                                    paths=[str(p) for p in images])
+    browser = tiny_browser(folder, tiny, tmp_path / "cache")
+    with running_browse(browser) as url, httpx.Client(base_url=url, timeout=30) as web:
+        refused = web.get("/api/rows", params={"text": "calm"})
+        assert refused.status_code == 400 and "--save-features" in refused.json()["detail"]
+        assert web.get("/api/info").json()["searchable"] is False
+        web.post("/api/features")
+        for _ in range(600):               # bounded: at most 60 s
+            info = web.get("/api/info").json()
+            if info["searchable"] or info["features_job"]["error"]:
+                break
+            __import__("time").sleep(0.1)
+        assert info["searchable"] and info["features_job"]["error"] is None
+        hits = web.get("/api/rows", params={"text": "calm", "limit": 4}).json()
+        assert hits["search"] == "exact" and len(hits["rows"]) == 4

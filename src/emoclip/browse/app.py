@@ -73,6 +73,11 @@ def create_app(browser: Browser, settings: ServeSettings, thumbs: ThumbCache) ->
         browser.refresh()
         return browser.describe()
 
+    @app.post("/api/features", dependencies=authorized,
+              summary="Compute the features of a folder tagged without --save-features (in the background)")
+    def features() -> dict:
+        return browser.start_computing_features()
+
     @app.get("/api/rows", dependencies=authorized, summary="One page of the rows a query selects")
     def rows(request: Request) -> dict:
         return browser.run(Query.from_params(_params(request))).to_dict()

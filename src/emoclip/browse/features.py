@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ log = logging.getLogger("emoclip")
 
 NO_FEATURES = ("this folder was tagged without --save-features, so it cannot be searched by text or likeness; "
                "rerun its `emoclip predict` with --save-features, or compute them now (`emoclip search DIR … "
-               "--compute-features`, or the page's \"compute features\" button)")
+               "--compute-features`, or the page's 'compute features' button)")
 
 
 def _stamp(path: Path) -> list[int]:
@@ -88,8 +88,11 @@ class FeatureSource:
         ids = base + np.flatnonzero(valid).astype(np.int64)
         return index, ids, values.reshape(count, -1)
 
-    def compute(self, collection, tagger, progress: bool | None = None) -> int:
-        """Encode the rows of every shard without features yet; the number of images encoded."""
+    def compute(self, collection, tagger, progress: bool | None = None,
+                report: Callable[[int, int], None] | None = None) -> int:
+        """Encode the rows of every shard without features yet; the number of images encoded.
+
+        ``progress``: the terminal's bar; ``report(done, total)``: the page's progress."""
         from tqdm import tqdm
 
         todo = self.missing(list(collection.state.shards))
@@ -99,12 +102,17 @@ class FeatureSource:
         done = 0
         with tqdm(total=total, unit="img", file=sys.stderr, desc="features",
                   disable=None if progress is None else not progress) as bar:
+            def step(count: int) -> None:
+                bar.update(count)
+                if report:
+                    report(int(bar.n), total)
+
             for index, path in todo:
                 positions = np.flatnonzero((rows.ids // self.shard_size) == index)
                 positions = positions[~rows.error[positions]]
                 paths = [rows.paths[int(p)].as_py() for p in positions]
                 ids, vectors = [], []
-                for pos, pred in zip(positions, collection_tag(tagger, paths, bar.update), strict=True):
+                for pos, pred in zip(positions, collection_tag(tagger, paths, step), strict=True):
                     if pred.feature is not None:
                         ids.append(int(rows.ids[pos]))
                         vectors.append(pred.feature)

@@ -157,6 +157,7 @@ class Browser:
         self._index: ExactIndex | FaissIndex | None = None
         self.lock = threading.RLock()
         self._texts: dict[str, np.ndarray] = {}
+        self.features_job: dict[str, Any] = {"running": False, "done": 0, "total": 0, "error": None}
 
     # -- the folder ------------------------------------------------------------------------------
     @property
@@ -175,7 +176,36 @@ class Browser:
                 "total_shards": state.total_shards, "complete": state.complete, "classes": list(layout.classes),
                 "levels": {k: list(v) for k, v in layout.levels.items()},
                 "searchable": self.features.available(list(state.shards)),
-                "index": None if self._index is None else self._index.kind, "problems": list(state.problems)}
+                "index": None if self._index is None else self._index.kind, "problems": list(state.problems),
+                "features_job": dict(self.features_job)}
+
+    def compute_features(self, progress: bool | None = None) -> int:
+        """Encode the listed files of a folder tagged without --save-features (``features_job`` follows it)."""
+        job = self.features_job
+        job.update(running=True, done=0, error=None)
+        try:
+            def report(done: int, total: int) -> None:
+                job.update(done=done, total=total)
+            return self.features.compute(self.collection, self.tagger(), progress, report)
+        except EmoclipError as exc:
+            job["error"] = str(exc)
+            raise
+        finally:
+            job["running"] = False
+
+    def start_computing_features(self) -> dict[str, Any]:
+        """The page's button: compute in a background thread (once at a time); the job's state."""
+        with self.lock:
+            if not self.features_job["running"] and not self.features.available(list(self.collection.state.shards)):
+                self.features_job["running"] = True
+
+                def work() -> None:
+                    try:
+                        self.compute_features(progress=False)
+                    except Exception:   # recorded in features_job and shown by the page
+                        log.exception("browse: computing features failed")
+                threading.Thread(target=work, name="emoclip-features", daemon=True).start()
+            return dict(self.features_job)
 
     # -- filters and order ---------------------------------------------------------------------------
     def _class_code(self, name: str, names: tuple[str, ...], what: str) -> int:

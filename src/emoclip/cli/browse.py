@@ -82,7 +82,7 @@ def search(folder, text, like, labels, polarity, min_probability, max_probabilit
         raise EmoclipError(f"cannot write '{output}': use a .csv, .json or .jsonl name, or --format")
     browser = _open(folder, cache_dir, device)
     if compute_features:
-        count = browser.features.compute(browser.collection, browser.tagger())
+        count = browser.compute_features()
         log.info("browse: encoded %d images", count)
     query = Query(labels=tuple(labels), levels={"polarity": (polarity,)} if polarity else {},
                   min_probability=min_probability, max_probability=max_probability, uncertain=uncertain,

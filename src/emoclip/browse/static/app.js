@@ -62,6 +62,7 @@ async function loadInfo() {
     for (const v of (info.levels.polarity || [])) $("polarity").append(new Option(v, v));
   }
   $("text").disabled = $("search-btn").disabled = !info.searchable;
+  $("compute-features").hidden = info.searchable;
   if (info.problems.length) status(info.problems.join("; "), true);
 }
 
@@ -182,7 +183,23 @@ async function refresh(keepOffset) {
   } catch (e) { if (gen === generation) status(e.message, true); }
 }
 
+async function computeFeatures() {
+  // a folder tagged without --save-features: the server encodes its files, the page follows
+  try {
+    await fetch("/api/features", { method: "POST", headers: headers() });
+    for (;;) {
+      const info = await (await api("/api/info")).json();
+      const job = info.features_job;
+      if (job.error) { status(job.error, true); return; }
+      if (info.searchable) { status(""); refresh(); return; }
+      status(`computing features: ${job.done} of ${job.total || "?"} images`);
+      await new Promise((done) => setTimeout(done, 500));
+    }
+  } catch (e) { status(e.message, true); }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  $("compute-features").addEventListener("click", computeFeatures);
   $("controls").addEventListener("submit", (ev) => { ev.preventDefault(); state.like = null; refresh(); });
   for (const id of ["label", "polarity", "min-prob", "max-prob", "uncertain", "errors-only", "sort", "ascending"])
     $(id).addEventListener("change", () => refresh());
