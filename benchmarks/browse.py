@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> None:
     index_s = time.perf_counter() - started
     classes = browser.layout.classes
     browser.text_vector("warm up")     # the model loads once, on the first search
-    page, filt, search = [], [], []
+    page, filt, search, encode = [], [], [], []
     for n in range(args.queries):
         label, emotion = classes[n % len(classes)], classes[(n * 3 + 1) % len(classes)]
         query = Query(labels=(label,), min_probability=0.3, sort=emotion, offset=48 * int(rng.integers(0, 10)),
@@ -98,7 +98,9 @@ def run(args: argparse.Namespace) -> None:
         hits = browser.run(Query(text=text, labels=(label,), top=200, limit=48))
         search.append(time.perf_counter() - t)
         assert hits.rows and all(r["label"] == label for r in hits.rows)
-    print(f"index={index.kind} rows_indexed={len(index)} queries={args.queries}", file=sys.stderr)
+    index_only = [s - e for s, e in zip(search, encode, strict=True)]
+    print(f"index={index.kind} rows_indexed={len(index)} queries={args.queries} text_encode_p95_ms={p95(encode):.0f} "
+          f"search_without_encoding_p95_ms={p95(index_only):.0f}", file=sys.stderr)
     print(f"rows={len(browser.collection)} open_s={open_s:.1f} index_s={index_s:.1f} page_p95_ms={p95(page):.0f} "
           f"filter_p95_ms={p95(filt):.0f} search_p95_ms={p95(search):.0f} peak_rss_mb={peak_rss_mb():.0f} "
           f"cpu={cpu_info().model.replace(' ', '_')}")

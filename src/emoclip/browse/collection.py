@@ -71,6 +71,7 @@ class Block:
     level_label: dict[str, np.ndarray]
     level_probs: dict[str, np.ndarray]
     error: np.ndarray                # bool
+    margin: np.ndarray               # float32 top-1 minus top-2 probability (NaN for error rows)
     paths: Any                       # pyarrow string array
     errors: Any                      # pyarrow string array
 
@@ -104,14 +105,26 @@ def read_block(path: Path, index: int, shard_size: int, layout: Layout) -> Block
                            "folder is damaged: rerun its `emoclip predict` command with --overwrite")
     errors = table.column("error").combine_chunks()
     error_flags = np.asarray([bool(e) for e in errors.to_pylist()], bool)
+    probs = _floats(table, [f"p_{c}" for c in layout.classes])
+    label = _codes(table.column("label"), layout.classes)
     return Block(
         ids=np.arange(index * shard_size, index * shard_size + n, dtype=np.int64),
-        label=_codes(table.column("label"), layout.classes),
+        label=label,
         probability=table.column("probability").to_numpy(zero_copy_only=False).astype(np.float32),
-        probs=_floats(table, [f"p_{c}" for c in layout.classes]),
+        probs=probs,
         level_label={lv: _codes(table.column(f"{lv}_label"), names) for lv, names in layout.levels.items()},
         level_probs={lv: _floats(table, [f"{lv}_p_{c}" for c in names]) for lv, names in layout.levels.items()},
-        error=error_flags, paths=table.column("path").combine_chunks(), errors=errors)
+        error=error_flags, margin=margins(probs, label), paths=table.column("path").combine_chunks(), errors=errors)
+
+
+def margins(probs: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 probability per row (computed once per shard: "uncertain" filters on it)."""
+    if probs.shape[1] < 2:
+        return np.full(len(probs), np.nan, np.float32)
+    two = -np.partition(-np.nan_to_num(probs, nan=-1.0), 1, axis=1)[:, :2]
+    margin = (two[:, 0] - two[:, 1]).astype(np.float32)
+    margin[label == NO_LABEL] = np.nan
+    return margin
 
 
 def concat(blocks: list[Block], layout: Layout) -> Block:
@@ -123,13 +136,13 @@ def concat(blocks: list[Block], layout: Layout) -> Block:
                      np.zeros((0, len(layout.classes)), np.float32),
                      {lv: empty for lv in layout.levels},
                      {lv: np.zeros((0, len(n)), np.float32) for lv, n in layout.levels.items()},
-                     np.zeros(0, bool), pa.array([], pa.string()), pa.array([], pa.string()))
+                     np.zeros(0, bool), np.zeros(0, np.float32), pa.array([], pa.string()), pa.array([], pa.string()))
     return Block(
         ids=np.concatenate([b.ids for b in blocks]), label=np.concatenate([b.label for b in blocks]),
         probability=np.concatenate([b.probability for b in blocks]), probs=np.concatenate([b.probs for b in blocks]),
         level_label={lv: np.concatenate([b.level_label[lv] for b in blocks]) for lv in layout.levels},
         level_probs={lv: np.concatenate([b.level_probs[lv] for b in blocks]) for lv in layout.levels},
-        error=np.concatenate([b.error for b in blocks]),
+        error=np.concatenate([b.error for b in blocks]), margin=np.concatenate([b.margin for b in blocks]),
         paths=pa.concat_arrays([b.paths for b in blocks]), errors=pa.concat_arrays([b.errors for b in blocks]))
 
 

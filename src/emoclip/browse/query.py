@@ -238,13 +238,7 @@ class Browser:
         return keep
 
     def margins(self) -> np.ndarray:
-        probs = self.collection.rows.probs
-        if probs.shape[1] < 2:
-            return np.full(len(probs), np.nan, np.float32)
-        two = -np.partition(-np.nan_to_num(probs, nan=-1.0), 1, axis=1)[:, :2]
-        margin = two[:, 0] - two[:, 1]
-        margin[self.collection.rows.label == NO_LABEL] = np.nan
-        return margin
+        return self.collection.rows.margin
 
     def sort_key(self, sort: str) -> np.ndarray:
         rows = self.collection.rows
