@@ -18,9 +18,11 @@ this" combine with any emotion filter, applied *inside* the search, not after it
   over the quantised vectors).
 
 The approximate index is built from the committed shards, one shard's features in memory at a
-time, saved in the browse cache with the list of shards it holds (file size and mtime of each),
-and extended shard by shard as new ones are committed; a shard that changed since, or an index
-file that does not load, means a rebuild — what is read back is checked, not trusted.
+time, and saved in the browse cache with the list of shards it holds (file size and mtime of
+each); from then on it is memory-mapped read-only (a search reads only the pages of the cells it
+probes: a million rows cost ~0.1 GB of memory instead of 0.5), and read whole only to be extended
+shard by shard as new ones are committed. A shard that changed since, or an index file that does
+not load, means a rebuild — what is read back is checked, not trusted.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class FaissIndex:
         self.index: Any = None
         self.stamps: dict[int, list[int]] = {}
         self.nprobe = NPROBE
+        self.mapped = False     # memory-mapped from the cache (read-only): searched in place, loaded to extend
 
     @property
     def shards(self) -> set[int]:
@@ -149,13 +152,22 @@ class FaissIndex:
                 if shard not in shard_paths or _shard_stamp(shard_paths[shard]) != stamp:
                     log.info("browse: shard %d changed since the index was built; rebuilding it", shard)
                     return False
-            index = faiss.read_index(str(index_path))
+            index = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
             if index.d != self.dim or index.ntotal != state["rows"]:
                 return False
         except (OSError, ValueError, KeyError, TypeError, RuntimeError):
             return False
-        self.index, self.stamps = index, stamps
+        self.index, self.stamps, self.mapped = index, stamps, True
         return True
+
+    def _remap(self, writable: bool) -> None:
+        """The saved index memory-mapped (only the probed cells' pages are ever read in: a million rows
+        cost ~0.1 GB of memory instead of 0.5), or read whole to be extended."""
+        import faiss
+
+        flags = 0 if writable else faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+        self.index = faiss.read_index(str(self.dir / "index.faiss"), flags)
+        self.mapped = not writable
 
     def save(self) -> None:
         import faiss
@@ -177,10 +189,15 @@ class FaissIndex:
         self.index.train(np.ascontiguousarray(sample, np.float32))
 
     def add(self, batches: Iterator[FeatureBatch], shard_paths: dict[int, Path]) -> None:
+        """Add shards' features, save, and map the saved index again."""
+        if self.mapped:
+            self._remap(writable=True)
         for shard, ids, vectors in batches:
             if len(ids):
                 self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
             self.stamps[shard] = _shard_stamp(shard_paths[shard])
+        self.save()
+        self._remap(writable=False)
 
     def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         import faiss

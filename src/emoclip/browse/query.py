@@ -306,8 +306,7 @@ class Browser:
             new = [(i, p) for i, p in shards if i not in index.shards]
             if new:
                 if isinstance(index, FaissIndex):
-                    index.add(self.features.batches(new), paths)
-                    index.save()
+                    index.add(self.features.batches(new), paths)   # saved, then memory-mapped
                 else:
                     index.add(self.features.batches(new))
             self._index = index
