@@ -138,9 +138,9 @@ def compare(args: argparse.Namespace) -> None:
     truth_f = [set(top_k(np.where(allowed, matrix @ q, -np.inf), 10)) for q in queries]
     nlist = int(np.sqrt(len(matrix)))
     summary = []
-    for name, factory, nprobe in (("exact", None, 0), ("ivf-sq8", f"IVF{nlist},SQ8", 16),
-                                  ("ivf-sq4", f"IVF{nlist},SQ4", 16), ("ivf-pq128", f"IVF{nlist},PQ128", 16),
-                                  ("ivf-pq64", f"IVF{nlist},PQ64", 16), ("hnsw32", "HNSW32", 0)):
+    candidates = (("exact", None, 0), ("ivf-sq8", f"IVF{nlist},SQ8", 16), ("ivf-sq4", f"IVF{nlist},SQ4", 16),
+                  ("ivf-pq64", f"IVF{nlist},PQ64", 16), ("hnsw32", "HNSW32", 0), ("ivf-pq128", f"IVF{nlist},PQ128", 16))
+    for name, factory, nprobe in (c for c in candidates if c[0] in args.candidates.split(",")):
         t = time.perf_counter()
         if factory is None:
             size = matrix.nbytes
@@ -184,6 +184,8 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32", help="The model the folder says tagged it (random weights).")
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--compare", type=int, default=0, metavar="ROWS", help="Compare index kinds on ROWS rows.")
+    parser.add_argument("--candidates", default="exact,ivf-sq8,ivf-sq4,ivf-pq64,hnsw32,ivf-pq128",
+                        help="With --compare: which indexes (comma-separated).")
     parser.add_argument("--build", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--build-index", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
