@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,14 +21,36 @@ from emoclip.browse.query import Query
 from emoclip.cli.main import main
 from tests.browsing import running_browse, tiny_browser
 from tests.conftest import EMOTION6, TINY_CLI
-from tests.test_serve_page import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401 — the Chromium fixture
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--window-size=1200,900"]
 pytestmark = [
     pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="headless Chromium is not installed (./dev/browser)"),
     pytest.mark.skipif(not (EMOTION6 / "images").is_dir(), reason=f"Emotion6 images not found at {EMOTION6}"),
 ]
 WAIT_S = 60
 PER_CLASS = 4
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium with a throw-away profile (the flags of tests/test_serve_page.py)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='emoclip-chromium-', dir=tmp_path)}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 @pytest.fixture
@@ -67,7 +90,7 @@ def _ids(answer) -> list[int]:
     return [r["id"] for r in answer.rows]
 
 
-def test_page_filters_sorts_searches_and_matches_the_python_api(tagged, tiny, browser, tmp_path):  # noqa: F811
+def test_page_filters_sorts_searches_and_matches_the_python_api(tagged, tiny, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
