@@ -261,3 +261,16 @@ def test_the_page_can_compute_missing_features(tmp_path, tiny):
         assert info["searchable"] and info["features_job"]["error"] is None
         hits = web.get("/api/rows", params={"text": "calm", "limit": 4}).json()
         assert hits["search"] == "exact" and len(hits["rows"]) == 4
+
+
+def test_a_job_that_has_committed_nothing_yet_opens_empty_and_fills(folder, tmp_path, tiny):
+    work = tmp_path / "starting"
+    shutil.copytree(folder, work)
+    manifest_path = work / MANIFEST_NAME
+    whole = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**whole, "done": {}, "complete": False}))
+    browser = tiny_browser(work, tiny, tmp_path / "cache")
+    assert browser.run(Query()).total == 0 and browser.stats(Query())["rows"] == 0
+    manifest_path.write_text(json.dumps({**whole, "done": {"0": whole["done"]["0"]}, "complete": False}))
+    assert browser.run(Query(sort="awe")).total == SHARD
+    assert browser.describe()["classes"] == CLASSES and browser.describe()["complete"] is False

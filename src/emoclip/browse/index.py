@@ -6,8 +6,8 @@ rows whose global id is set in the boolean bitmap ``allowed`` — so text search
 this" combine with any emotion filter, applied *inside* the search, not after it.
 
 * ``ExactIndex``: the features in a float32 matrix and one matrix-vector product (a folder of
-  100,000 rows at 512-d is 200 MB and ~20 ms a query). Used below ``APPROX_MIN_ROWS``, and for
-  every size when faiss is not installed.
+  100,000 rows at 512-d is 200 MB and 45–125 ms a query on the loaded 2-core machine). Used below
+  ``APPROX_MIN_ROWS``, and for every size when faiss is not installed.
 * ``FaissIndex``: faiss ``IVF{nlist},SQ8`` (inverted lists over k-means cells, 8-bit scalar
   quantised vectors: 512 bytes a row, a million rows in ~0.5 GB). Chosen by measurement against
   IVF-PQ, HNSW and exact search (``benchmarks/browse.py --compare``; figures in docs/browse.md):
