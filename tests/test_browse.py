@@ -274,3 +274,17 @@ def test_a_job_that_has_committed_nothing_yet_opens_empty_and_fills(folder, tmp_
     manifest_path.write_text(json.dumps({**whole, "done": {"0": whole["done"]["0"]}, "complete": False}))
     assert browser.run(Query(sort="awe")).total == SHARD
     assert browser.describe()["classes"] == CLASSES and browser.describe()["complete"] is False
+
+
+def test_cli_more_like_a_row_path_is_the_python_answer(folder, frame, browser, tmp_path):
+    path = frame.loc[11, "path"]
+    out = tmp_path / "like.jsonl"
+    result = CliRunner().invoke(main, ["search", str(folder), "--like", path, "--label", "anger", "--top", "6",
+                                       "-o", str(out), "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    printed = [json.loads(line) for line in out.read_text().splitlines()]
+    api = search(folder, like=path, labels=["anger"], top=6, browser=browser)
+    assert [r["id"] for r in printed] == [r["id"] for r in api] and len(api) == 6
+    assert 11 not in [r["id"] for r in api] and {r["label"] for r in api} == {"anger"}
+    result = CliRunner().invoke(main, ["search", str(folder), "--like", str(tmp_path / "nowhere.jpg")])
+    assert result.exit_code == 2 and "neither a row" in result.output
