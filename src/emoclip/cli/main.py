@@ -15,11 +15,13 @@ from emoclip.cli.common import EmoclipGroup, setup_logging
 # Command name -> "module:function"; a command's module (and what it imports) loads only when it runs.
 COMMANDS = {
     "aggregate": "emoclip.cli.train:aggregate",
+    "browse": "emoclip.cli.browse:browse",
     "evaluate": "emoclip.cli.evaluate:evaluate",
     "merge": "emoclip.cli.tag:merge",
     "methods": "emoclip.cli.info:methods",
     "models": "emoclip.cli.info:models",
     "predict": "emoclip.cli.tag:predict",
+    "search": "emoclip.cli.browse:search",
     "serve": "emoclip.cli.serve:serve",
     "split": "emoclip.cli.datasets:split_command",
     "sweep": "emoclip.cli.train:sweep",

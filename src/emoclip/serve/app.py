@@ -178,7 +178,7 @@ class HostOriginGuard:
         await self.app(scope, receive, send)
 
 
-def _require_key(settings: ServeSettings):
+def require_key(settings: ServeSettings):
     expected = (settings.api_key or "").encode()
 
     async def check(request: Request) -> None:
@@ -252,7 +252,7 @@ def create_app(pool: TaggerPool, settings: ServeSettings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    authorized = [Depends(_require_key(settings))]
+    authorized = [Depends(require_key(settings))]
 
     @app.exception_handler(UploadRejected)
     async def rejected(request: Request, exc: UploadRejected) -> JSONResponse:
