@@ -1,0 +1,305 @@
+"""The real download path, through a stand-in hub on 127.0.0.1 (tests/hub_stub.py).
+
+A tag's weights are fetched in the hub's own repository layout, verified against the digest the hub
+publishes, built with the activation the tag was trained with, and then work offline; a damaged
+cache or download is detected and never used; an interrupted download resumes; a proxy is honoured.
+The weights are the tiny architecture's (random), registered as a QuickGELU-trained tag 'openai'
+served from ``timm/vit_base_patch32_clip_224.openai`` — the layout of the default model's repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save
+
+from emoclip.core.errors import WeightsUnavailableError
+from emoclip.encoder import hub as hub_module
+from emoclip.encoder.backbone import file_activation, load_backbone
+from tests.conftest import assert_close_features, noise_image, run_cli
+from tests.hub_stub import CLIP_REPO, LoopbackProxy, StubHub, clip_repo
+
+TAG = "openai"
+
+
+def reference_model(path: str | Path, quick_gelu: bool) -> torch.nn.Module:
+    """open_clip's own model from the served file (what `ViT-B-32-quickgelu` is to the default path)."""
+    model = open_clip.create_model("tiny", pretrained=None, quick_gelu=quick_gelu)
+    open_clip.load_checkpoint(model, str(path), strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def weights_bytes() -> bytes:
+    """Tiny random weights, not the seeded 'random' ones (so nothing can pass by loading those)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        model = open_clip.create_model("tiny", pretrained=None)
+    return save({k: v.contiguous() for k, v in model.state_dict().items()})
+
+
+def _point_at(monkeypatch, endpoint: str, cache: Path) -> None:
+    """Make huggingface_hub (already imported) and emoclip use ``endpoint`` and a fresh cache."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import close_session
+
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("EMOCLIP_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    close_session()  # a fresh HTTP client reads the proxy variables again
+
+
+def go_offline(monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture
+def stub(monkeypatch, tmp_path, weights_bytes):
+    """The stand-in hub serving the default model's repository layout, with 'tiny' + 'openai' registered."""
+    from open_clip import pretrained
+
+    server = StubHub({CLIP_REPO: clip_repo(weights_bytes, open_clip.get_model_config("tiny"))}).start()
+    tags = {TAG: {"hf_hub": CLIP_REPO + "/", "quick_gelu": True, "mean": (0.48145466, 0.4578275, 0.40821073),
+                  "std": (0.26862954, 0.26130258, 0.27577711), "interpolation": "bicubic", "resize_mode": "shortest"}}
+    monkeypatch.setitem(pretrained._PRETRAINED, "tiny", tags)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "NO_PROXY",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    _point_at(monkeypatch, server.url, tmp_path / "hf-cache")
+    yield server
+    server.stop()
+    from huggingface_hub.utils import close_session
+
+    close_session()
+
+
+def _features(backbone, seed: int = 0) -> np.ndarray:
+    pixels = backbone.preprocess(noise_image(64, 48, seed=seed)).unsqueeze(0)
+    return backbone.encode_pixels(pixels).numpy()
+
+
+def test_first_use_downloads_verifies_and_then_works_offline(stub, weights_bytes, monkeypatch):
+    backbone = load_backbone("tiny", TAG, "cpu")
+    digest = hashlib.sha256(weights_bytes).hexdigest()
+    assert backbone.spec.activation == "quick_gelu"  # the tag's training activation, not the config's GELU
+    assert backbone.spec.weights == f"sha256:{digest}"  # the bytes' identity, not the tag's name
+    source = backbone.record()["source"]
+    assert source["revision"] == stub.repos[CLIP_REPO].commit and source["repo"] == CLIP_REPO
+    assert len(stub.gets("open_clip_model.safetensors")) == 1
+
+    with torch.no_grad():
+        pixels = backbone.preprocess(noise_image(64, 48, seed=0)).unsqueeze(0)
+        quick = torch.nn.functional.normalize(reference_model(source_path(backbone), True).encode_image(pixels), dim=-1)
+        gelu = torch.nn.functional.normalize(reference_model(source_path(backbone), False).encode_image(pixels), dim=-1)
+    assert_close_features(_features(backbone), quick.numpy())
+    assert np.abs(quick.numpy() - gelu.numpy()).max() > 1e-4  # the control: the activation is visible
+
+    before = len(stub.requests)
+    go_offline(monkeypatch)
+    again = load_backbone("tiny", TAG, "cpu")
+    assert len(stub.requests) == before  # nothing asked of the hub
+    assert again.spec == backbone.spec
+    np.testing.assert_array_equal(_features(again), _features(backbone))  # same file, same computation
+
+
+def source_path(backbone) -> str:
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(CLIP_REPO, "open_clip_model.safetensors")
+    assert isinstance(path, str)
+    return path
+
+
+def _blob(repo: str = CLIP_REPO, name: str = "open_clip_model.safetensors") -> Path:
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo, name)
+    assert isinstance(path, str)
+    return Path(path).resolve()
+
+
+def _damage(blob: Path) -> None:
+    data = bytearray(blob.read_bytes())
+    data[-100:] = bytes(100)  # the same size: huggingface_hub's size check cannot see it
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+
+
+def test_damaged_cache_offline_stops_with_one_line_naming_the_file(stub, monkeypatch):
+    load_backbone("tiny", TAG, "cpu")
+    blob = _blob()
+    _damage(blob)
+    go_offline(monkeypatch)
+    with pytest.raises(WeightsUnavailableError) as caught:
+        load_backbone("tiny", TAG, "cpu")
+    message = str(caught.value)
+    assert "\n" not in message and str(blob) in message and "damaged" in message
+    assert not blob.exists()  # never used again: the next online run downloads it afresh
+
+
+def test_damaged_cache_online_is_downloaded_again(stub, weights_bytes):
+    first = load_backbone("tiny", TAG, "cpu")
+    _damage(_blob())
+    second = load_backbone("tiny", TAG, "cpu")
+    assert len(stub.gets("open_clip_model.safetensors")) == 2
+    assert second.spec == first.spec
+    assert hashlib.sha256(_blob().read_bytes()).hexdigest() == hashlib.sha256(weights_bytes).hexdigest()
+
+
+def test_corrupt_download_is_refetched_and_persistent_corruption_refused(stub, monkeypatch):
+    stub.faults["corrupt"]["open_clip_model.safetensors"] = 1
+    backbone = load_backbone("tiny", TAG, "cpu")
+    assert len(stub.gets("open_clip_model.safetensors")) == 2
+    assert backbone.spec.activation == "quick_gelu"
+
+    _point_at(monkeypatch, stub.url, Path(str(_blob().parents[3])) / "fresh")  # an empty cache
+    stub.faults["corrupt"]["open_clip_model.safetensors"] = 5
+    with pytest.raises(WeightsUnavailableError, match="damaged twice"):
+        load_backbone("tiny", TAG, "cpu")
+
+
+def test_interrupted_download_resumes(stub, weights_bytes):
+    stub.faults["short"]["open_clip_model.safetensors"] = 1  # the body stops halfway once
+    backbone = load_backbone("tiny", TAG, "cpu")
+    gets = stub.gets("open_clip_model.safetensors")
+    assert len(gets) == 2 and gets[1][2] is not None and gets[1][2].startswith("bytes=")  # resumed with a Range
+    assert backbone.spec.weights == "sha256:" + hashlib.sha256(weights_bytes).hexdigest()
+
+
+def test_verified_digest_is_remembered(stub, monkeypatch):
+    load_backbone("tiny", TAG, "cpu")
+    calls = []
+    real = hub_module.sha256_of
+    monkeypatch.setattr(hub_module, "sha256_of", lambda path: calls.append(path) or real(path))
+    load_backbone("tiny", TAG, "cpu")
+    assert calls == []  # hashed once, on the first use
+
+
+def test_proxy_is_honoured(stub, monkeypatch, tmp_path):
+    """An endpoint only reachable through the proxy (127.0.0.2: nothing listens there) still downloads."""
+    port = stub.server.server_address[1]
+    proxy = LoopbackProxy(f"127.0.0.1:{port}")
+    try:
+        endpoint = f"http://127.0.0.2:{port}"
+        _point_at(monkeypatch, endpoint, tmp_path / "via-proxy")
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        from huggingface_hub.utils import close_session
+
+        close_session()
+        backbone = load_backbone("tiny", TAG, "cpu")
+        assert backbone.spec.activation == "quick_gelu"
+        assert any(url.endswith("/open_clip_model.safetensors") for url in proxy.seen)
+    finally:
+        proxy.stop()
+
+
+def test_default_commands_through_the_hub(stub, tmp_path, monkeypatch):
+    """`emoclip predict` with no --pretrained: downloads, tags, saves features equal to open_clip's QuickGELU
+    model from the served file; the second run works offline; a damaged cache stops with one line."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        noise_image(64, 48, seed=i).save(folder / f"p{i}.png")
+    out = tmp_path / "out"
+    args = ["predict", folder, "--model", "tiny", "--device", "cpu", "--precision", "fp32", "--decode", "full",
+            "--save-features", "--output-dir", out, "--no-cache"]
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    saved = sorted(out.rglob("*.npy")) + sorted(out.rglob("*.npz")) + sorted(out.rglob("*.safetensors"))
+    assert saved, sorted(p.name for p in out.rglob("*"))
+    features = _load_saved_features(saved[0])
+    model = reference_model(source_path(None), True)
+    backbone = load_backbone("tiny", TAG, "cpu")
+    with torch.no_grad():
+        names = sorted(p.name for p in folder.iterdir())
+        from PIL import Image
+
+        pixels = torch.stack([backbone.preprocess(Image.open(folder / n).convert("RGB")) for n in names])
+        expected = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1).numpy()
+    assert features.shape == expected.shape
+    assert_close_features(np.sort(features, axis=0), np.sort(expected, axis=0))
+
+    go_offline(monkeypatch)
+    assert run_cli(*[*args[:-2], "--output-dir", tmp_path / "out2", "--no-cache"]).exit_code == 0
+    _damage(_blob())
+    result = run_cli(*[*args[:-3], "--output-dir", tmp_path / "out3"])
+    assert result.exit_code != 0
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("emoclip: error:") and "damaged" in last and "Traceback" not in result.output
+
+
+def _load_saved_features(path: Path) -> np.ndarray:
+    if path.suffix == ".npy":
+        return np.load(path)
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            return data[next(k for k in data.files if "feat" in k)]
+    from safetensors.numpy import load_file
+
+    data = load_file(str(path))
+    return data[next(k for k in data if "feat" in k)]
+
+
+# -- local files: the activation is known, or the ambiguous case is refused --------------------------------
+
+def test_local_file_activation_is_known_or_refused(tmp_path, weights_bytes):
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(weights_bytes)
+    assert file_activation("tiny", str(path)) is False  # tiny exists only with GELU: unambiguous
+    assert file_activation("ViT-B-32-quickgelu", str(path)) is True  # the name says it
+    with pytest.raises(WeightsUnavailableError) as caught:
+        file_activation("ViT-B-32", str(path))  # OpenAI's are QuickGELU, LAION's GELU: refuse, never guess
+    assert "ViT-B-32-quickgelu" in str(caught.value) and "open_clip_config.json" in str(caught.value)
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": True}}))
+    assert file_activation("ViT-B-32", str(path)) is True
+    assert file_activation("tiny", str(path)) is True  # the config beside the file wins
+
+
+def test_hub_snapshot_file_as_pretrained_path(stub):
+    """The cache's snapshot file (a symlink to a blob without suffix) loads as a file, QuickGELU from its config."""
+    tagged = load_backbone("tiny", TAG, "cpu")
+    path = source_path(tagged)
+    as_file = load_backbone("tiny", path, "cpu")
+    assert as_file.spec == tagged.spec  # same bytes, same activation: the same identity (and cache entries)
+    blob = _blob()
+    as_blob = load_backbone("tiny-quickgelu" if "tiny-quickgelu" in open_clip.list_models() else "tiny",
+                            str(blob), "cpu")
+    assert as_blob.spec.weights == tagged.spec.weights  # read by content, not refused as a pickle
+
+
+def test_activation_keys_the_encoder_spec(tiny):
+    quick = tiny.spec.replace(activation="quick_gelu")
+    assert quick.key() != tiny.spec.key()
+
+
+def test_torchscript_detection_reads_the_whole_directory(tmp_path):
+    import zipfile
+
+    from emoclip.encoder.weights import is_torchscript_archive
+
+    path = tmp_path / "late.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(300):
+            archive.writestr(f"late/data/{i}", b"x")
+        archive.writestr("late/code/__torch__.py", b"")
+    assert is_torchscript_archive(path)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", b"")
+    (tmp_path / "plain.pt").write_bytes(buffer.getvalue())
+    assert not is_torchscript_archive(tmp_path / "plain.pt")
