@@ -233,7 +233,8 @@ def clip_repo(weights: bytes, model_cfg: dict, quick_gelu: bool = True) -> Repo:
         "crop_pct": 1.0, "crop_mode": "center", "mean": open_clip_config["preprocess_cfg"]["mean"],
         "std": open_clip_config["preprocess_cfg"]["std"], "num_classes": 512}}
     return Repo({
-        ".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n",
+        ".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
+                          b"*.bin filter=lfs diff=lfs merge=lfs -text\n",
         "README.md": b"---\ntags:\n- clip\nlibrary_name: open_clip\nlicense: apache-2.0\n---\n# stand-in\n",
         "config.json": json.dumps(timm_config, indent=2).encode(),
         "open_clip_config.json": json.dumps(open_clip_config, indent=2).encode(),

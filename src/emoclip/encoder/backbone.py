@@ -11,6 +11,7 @@ registered from ``emoclip/model_configs``, for tests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -163,9 +164,21 @@ def _config_quick_gelu(name: str) -> bool:
     return bool(config.get("quick_gelu", False))
 
 
+class _NotYetLoaded(logging.Filter):
+    """Hide open_clip's "no pretrained weights loaded" warning: emoclip loads them right after building."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
 def _build(name: str, quick_gelu: bool, preprocess: dict[str, Any] | None = None) -> torch.nn.Module:
     """The architecture with the activation it was trained with (``quick_gelu`` overrides the config)."""
-    return open_clip.create_model(name, pretrained=None, force_preprocess_cfg=preprocess, quick_gelu=quick_gelu)
+    quiet = _NotYetLoaded()
+    logging.getLogger().addFilter(quiet)
+    try:
+        return open_clip.create_model(name, pretrained=None, force_preprocess_cfg=preprocess, quick_gelu=quick_gelu)
+    finally:
+        logging.getLogger().removeFilter(quiet)
 
 
 # safetensors dtype names → torch (the file format's own table)
@@ -289,9 +302,13 @@ def _fetch_tag_file(name: str, tag: str, cfg: dict[str, Any], cache_dir: str | N
     for filename in candidates:
         try:
             found = hub.fetch(repo, filename, cache_dir=cache_dir)
+        except hub.DamagedDownloadError:
+            raise
         except WeightsUnavailableError as exc:
             first = first or exc
             continue
+        with contextlib.suppress(WeightsUnavailableError):  # beside the weights it says how they were trained
+            hub.fetch(repo, "open_clip_config.json", cache_dir=cache_dir)
         return found.path, found.provenance()
     offline = ensure_offline_when_unreachable()
     if offline:

@@ -132,6 +132,10 @@ def verify(path: str | Path) -> str:
     return sha256
 
 
+class DamagedDownloadError(WeightsUnavailableError):
+    """A cached or downloaded file does not match the hub's digest (it has been deleted)."""
+
+
 class _Mismatch(Exception):
     def __init__(self, blob: Path, want: str) -> None:
         super().__init__(f"{blob} does not match the published digest {want[:12]}…")
@@ -213,7 +217,7 @@ def fetch(repo: str, filename: str, revision: str | None = None, cache_dir: str 
             if offline or attempt:
                 fix = ("connect to the network and rerun to download it again" if offline
                        else "the download was damaged twice: check the network or proxy, then rerun")
-                raise WeightsUnavailableError(f"cached file {bad.blob} ({repo}/{filename}) is damaged: its SHA-256 "
+                raise DamagedDownloadError(f"cached file {bad.blob} ({repo}/{filename}) is damaged: its SHA-256 "
                                               f"does not match the hub's; it was deleted; {fix}") from None
             log.warning("cached %s from %s is damaged (SHA-256 mismatch): deleted, downloading it again",
                         filename, repo)
@@ -233,7 +237,7 @@ def verify_snapshot(folder: str | Path) -> dict[str, str]:
             digests[entry.name] = verify(entry)
         except _Mismatch as bad:
             _drop(bad.blob, str(entry))
-            raise WeightsUnavailableError(f"cached file {bad.blob} ({entry.name}) is damaged: its SHA-256 does not "
+            raise DamagedDownloadError(f"cached file {bad.blob} ({entry.name}) is damaged: its SHA-256 does not "
                                           "match the hub's; it was deleted; rerun online to download it again"
                                           ) from None
     return digests
@@ -243,5 +247,5 @@ def is_hub_snapshot(path: str | Path) -> bool:
     return _revision_of(path) != "unknown" and expected_digest(path) is not None
 
 
-__all__ = ["HubFile", "download_progress", "expected_digest", "fetch", "sha256_of", "verified_sha256", "verify",
-           "verify_snapshot"]
+__all__ = ["DamagedDownloadError", "HubFile", "download_progress", "expected_digest", "fetch", "sha256_of",
+           "verified_sha256", "verify", "verify_snapshot"]
