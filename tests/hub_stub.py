@@ -146,12 +146,20 @@ class StubHub:
                 return None
 
             def _api(self, rest: str) -> None:
-                repo_id = rest.split("/revision/")[0].rstrip("/")
-                for prefix in ("tree/main",):
-                    repo_id = repo_id.removesuffix("/" + prefix)
+                """``/api/models/{repo}[/revision/{rev}]`` (repo info) and ``…/tree/{rev}/{folder}`` (a listing)."""
+                parts = rest.strip("/").split("/")
+                repo_id, tail = "/".join(parts[:2]), parts[2:]
                 repo = hub.repos.get(repo_id)
                 if repo is None:
                     return self._send(404, {"X-Error-Code": "RepoNotFound"}, b"{}")
+                if tail[:1] == ["tree"]:
+                    folder = "/".join(tail[2:])
+                    listed = [{"type": "file", "path": n, "size": len(d), "oid": repo.etag(n)[0]}
+                              for n, d in sorted(repo.files.items()) if not folder or n.startswith(folder + "/")]
+                    if folder and not listed:
+                        return self._send(404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": repo.commit},
+                                          b'{"error": "not found"}')
+                    return self._send(200, {"Content-Type": "application/json"}, json.dumps(listed).encode())
                 info = {"id": repo_id, "sha": repo.commit,
                         "siblings": [{"rfilename": n} for n in sorted(repo.files)]}
                 return self._send(200, {"Content-Type": "application/json", "X-Repo-Commit": repo.commit},

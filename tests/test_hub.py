@@ -304,3 +304,57 @@ def test_torchscript_detection_reads_the_whole_directory(tmp_path):
         archive.writestr("archive/data.pkl", b"")
     (tmp_path / "plain.pt").write_bytes(buffer.getvalue())
     assert not is_torchscript_archive(tmp_path / "plain.pt")
+
+
+# -- checkpoints record both revisions and load from anywhere ----------------------------------------------
+
+def test_checkpoints_record_revisions_and_load_from_another_folder(stub, tiny_bart, tmp_path, monkeypatch):
+    """PT-DPC and UGRIE trained through the hub (CLIP and BART both downloaded) record the resolved revisions
+    and digests in model.json and metrics.json; a relative --set bart is stored absolute; --bart overrides it."""
+    from tests.conftest import make_split_data
+    from tests.hub_stub import BART_REPO, bart_repo
+
+    stub.repos[BART_REPO] = bart_repo(tiny_bart)
+    root, split = make_split_data(tmp_path / "data", per_class=3)
+    clip_revision = stub.repos[CLIP_REPO].commit
+    common = ["--root", root, "--split-file", split, "--model", "tiny", "--device", "cpu", "--epochs", 1,
+              "--no-progress"]
+    ptdpc = tmp_path / "ptdpc"
+    result = run_cli("train", "--method", "ptdpc", *common, "--out", ptdpc)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((ptdpc / "model.json").read_text())
+    assert meta["backbone"]["source"]["revision"] == clip_revision
+    assert meta["backbone"]["activation"] == "quick_gelu"
+    metrics = json.loads(next(ptdpc.rglob("metrics.json")).read_text())
+    assert json.dumps(metrics).count(clip_revision) >= 1
+
+    ugrie = tmp_path / "ugrie"
+    result = run_cli("train", "--method", "ugrie", *common, "--out", ugrie)  # BART: facebook/bart-base, via the hub
+    assert result.exit_code == 0, result.output
+    meta = json.loads((ugrie / "model.json").read_text())
+    bart_revision = stub.repos[BART_REPO].commit
+    assert meta["bart"]["revision"] == bart_revision and meta["backbone"]["source"]["revision"] == clip_revision
+    assert bart_revision in meta["config"]["bart_weights"] and "sha256:" in meta["config"]["bart_weights"]
+    assert bart_revision in next(ugrie.rglob("metrics.json")).read_text()
+
+    # a relative BART folder is stored absolute, so the checkpoint works from any working directory
+    monkeypatch.chdir(tiny_bart.parent)
+    local = tmp_path / "ugrie-local"
+    result = run_cli("train", "--method", "ugrie", *common, "--set", f"bart={tiny_bart.name}", "--out", local)
+    assert result.exit_code == 0, result.output
+    assert json.loads((local / "model.json").read_text())["config"]["bart"] == str(tiny_bart.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for checkpoint in (ptdpc, ugrie, local):
+        predicted = run_cli("predict", "--checkpoint", checkpoint, root / "joy", "--device", "cpu")
+        assert predicted.exit_code == 0, predicted.output
+    moved = tmp_path / "moved-bart"
+    tiny_bart.rename(moved)
+    try:
+        result = run_cli("predict", "--checkpoint", local, root / "joy", "--device", "cpu")
+        assert result.exit_code != 0 and "does not exist" in result.output
+        result = run_cli("predict", "--checkpoint", local, root / "joy", "--device", "cpu", "--bart", moved)
+        assert result.exit_code == 0, result.output
+    finally:
+        moved.rename(tiny_bart)

@@ -62,12 +62,19 @@ def save_checkpoint(folder: str | Path, method: Method, extra: dict | None = Non
     epoch = (extra or {}).get("training", {}).get("best_epoch")
     tensor_meta = {"format": "emoclip", "method": method.name, **({"epoch": str(epoch)} if epoch is not None else {})}
     save_tensors(dict(method.state_dict()) if tensors is None else tensors, folder / WEIGHTS_FILE, tensor_meta)
+    config = dataclasses.asdict(method.config)
+    if config.get("bart"):  # an absolute folder or a hub name: the checkpoint loads from any working directory
+        from emoclip.methods.ugrie.bart_weights import bart_location
+
+        config["bart"] = bart_location(config["bart"])
     meta = {
         "format_version": FORMAT_VERSION,
         "method": method.name,
-        "config": dataclasses.asdict(method.config),
-        "backbone": {**backbone.identity(), "pretrained": backbone.weights.value},
+        "config": config,
+        # the spec, plus where the weights came from (hub repo + revision, or the file's absolute path)
+        "backbone": {**backbone.record(), "pretrained": backbone.weights.value},
         "taxonomy": method.taxonomy.to_dict(),
+        **({"bart": dict(method.bart_identity)} if getattr(method, "bart_identity", None) else {}),
         **(extra or {}),
     }
     atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2) + "\n")
@@ -113,9 +120,16 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def check_backbone(meta: dict, backbone: Backbone) -> None:
+    """The checkpoint's backbone (architecture, weights digest, activation) is the one given, or a one-line refusal."""
     want = meta["backbone"]
     have = backbone.identity()
-    if want["model"] != have["model"] or want["weights"] != have["weights"]:
+    if not str(want["weights"]).startswith(("sha256:", "random-")) and want["weights"] == backbone.weights.value:
+        raise EmoclipError(
+            f"checkpoint was trained on {want['model']} '{want['weights']}' before emoclip identified weights by "
+            "their digest and built the activation the tag was trained with, so its features were not the "
+            "published model's; retrain it with this version")
+    if (want["model"] != have["model"] or want["weights"] != have["weights"]
+            or want.get("activation", have["activation"]) != have["activation"]):
         raise EmoclipError(
             f"checkpoint was trained on {want['model']} with weights {want['weights']}, but the backbone is "
             f"{have['model']} with {have['weights']}; pass --model {want['model']} --pretrained "
@@ -123,8 +137,9 @@ def check_backbone(meta: dict, backbone: Backbone) -> None:
 
 
 def load_checkpoint(path: str | Path, backbone: Backbone | None = None, device: str = "auto",
-                    pretrained: str | None = None) -> Method:
-    """Rebuild a trained method; the backbone comes from the metadata unless one is given."""
+                    pretrained: str | None = None, bart: str | None = None) -> Method:
+    """Rebuild a trained method; the backbone comes from the metadata unless one is given, and ``bart``
+    (a folder or hub name) overrides where a UGRIE checkpoint's BART is (its digest is still checked)."""
     meta_path, weights_path = _paths(path)
     meta = read_metadata(path)
     if meta.get("format_version", 0) > FORMAT_VERSION:
@@ -142,7 +157,8 @@ def load_checkpoint(path: str | Path, backbone: Backbone | None = None, device: 
     check_backbone(meta, backbone)
     try:
         taxonomy: Taxonomy = taxonomy_from_dict(meta["taxonomy"], origin=str(meta_path))
-        method = create_method(meta["method"], backbone, taxonomy, meta["config"])
+        config = {**meta["config"], "bart": bart} if bart and "bart" in meta["config"] else meta["config"]
+        method = create_method(meta["method"], backbone, taxonomy, config)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise DamagedFileError(f"checkpoint metadata {meta_path} is damaged ({type(exc).__name__}: "
                                f"{shorten(str(exc), 100)}); restore it, or retrain") from None

@@ -37,6 +37,7 @@ class TaggerConfig:
     decode: str = "draft"             # draft: large JPEGs decode at reduced size; full: exact
     # the classifier
     checkpoint: str | None = None     # a run folder from `emoclip train`; None: zero-shot
+    bart: str | None = None           # where a UGRIE checkpoint's BART is (folder or hub name); None: as recorded
     taxonomy: str | None = None       # built-in name or file; default mikels8, or the checkpoint's
     labels: tuple[str, ...] | None = None
     templates: str | None = None
@@ -79,7 +80,7 @@ def preflight(config: TaggerConfig) -> None:
     if config.checkpoint:
         from emoclip.methods.ugrie.bart_weights import preflight_checkpoint
 
-        preflight_checkpoint(config.checkpoint)  # a ugrie checkpoint's BART
+        preflight_checkpoint(config.checkpoint, config.bart)  # a ugrie checkpoint's BART
     if config.checkpoint and not config.pretrained:
         return  # the checkpoint names its weights; load_checkpoint checks them
     weights_preflight(config.model or DEFAULT_MODEL, config.pretrained or DEFAULT_PRETRAINED)
@@ -115,7 +116,7 @@ def build_classifier(config: TaggerConfig, backbone: Backbone | None = None) -> 
             meta = read_metadata(config.checkpoint)["backbone"]
             backbone = load_backbone_for(config, config.model or meta["model"],
                                          config.pretrained or meta["pretrained"])
-        method = load_checkpoint(config.checkpoint, backbone, config.device)
+        method = load_checkpoint(config.checkpoint, backbone, config.device, bart=config.bart)
         return method.backbone, classifier_for(method, load_taxonomy_for(config, default=None))
     from emoclip.methods.zeroshot import ZeroShotClassifier
 

@@ -141,7 +141,7 @@ def run_zero_shot(config: dict[str, Any], out: str | Path, device: str = "auto",
     train_cfg = config.get("train") or {}
     run = {"name": config.get("name") or ZERO_SHOT, "method": classifier.describe(), "seed": train_cfg.get("seed", 0),
            "dataset": test.name, "split": eval_split, "dataset_label": data.name, "data_source": data.source,
-           "fold": data.extra.get("fold"), "shots": 0, "target": "labels", "backbone": backbone.identity(),
+           "fold": data.extra.get("fold"), "shots": 0, "target": "labels", "backbone": backbone.record(),
            "taxonomy": taxonomy.name, "label_taxonomy": label_taxonomy.name}
     write_run(result, run, out)
     summary = {"method": ZERO_SHOT, "training": {"epochs": 0},
@@ -286,7 +286,7 @@ def run_experiment(config: dict[str, Any], out: str | Path, device: str = "auto"
                "dataset": test.name, "split": eval_split, "dataset_label": data.name, "checkpoint": str(out),
                "data_source": data.source, "fold": data.extra.get("fold"), "shots": train_config.shots,
                "target": train_config.target,
-               "backbone": backbone.identity(), "taxonomy": taxonomy.name, "label_taxonomy": label_taxonomy.name,
+               "backbone": backbone.record(), "taxonomy": taxonomy.name, "label_taxonomy": label_taxonomy.name,
                "training": summary["training"]}
         write_run(result, run, out)
         lost["test"], listed["test"] = result.metrics["n_failed"], len(test)

@@ -168,7 +168,7 @@ def run_unified(config: dict[str, Any], out: str | Path, device: str = "auto", c
         result = evaluate(backbone, classifier_for(best, part.taxonomy), test, part.label_taxonomy, part.also, cache)
         run = {"name": config.get("name") or name, "method": best.describe(), "seed": train_config.seed,
                "dataset": test.name, "split": part.eval_split, "dataset_label": part.name, "checkpoint": str(out),
-               "backbone": backbone.identity(), "taxonomy": part.taxonomy.name,
+               "backbone": backbone.record(), "taxonomy": part.taxonomy.name,
                "label_taxonomy": part.label_taxonomy.name, "training": summary["training"]}
         write_run(result, run, out / part.name)
         summary["test"][f"{part.name}_accuracy"] = result.metrics["accuracy"]
