@@ -171,12 +171,14 @@ class _NotYetLoaded(logging.Filter):
         return "No pretrained weights loaded" not in record.getMessage()
 
 
-def _build(name: str, quick_gelu: bool, preprocess: dict[str, Any] | None = None) -> torch.nn.Module:
+def _build(name: str, quick_gelu: bool, preprocess: dict[str, Any] | None = None,
+           device: str = "cpu") -> torch.nn.Module:
     """The architecture with the activation it was trained with (``quick_gelu`` overrides the config)."""
     quiet = _NotYetLoaded()
     logging.getLogger().addFilter(quiet)
     try:
-        return open_clip.create_model(name, pretrained=None, force_preprocess_cfg=preprocess, quick_gelu=quick_gelu)
+        return open_clip.create_model(name, pretrained=None, force_preprocess_cfg=preprocess, quick_gelu=quick_gelu,
+                                      device=device)
     finally:
         logging.getLogger().removeFilter(quiet)
 
@@ -407,6 +409,11 @@ _CREATORS: dict[str, Callable[..., _Built]] = {
 }
 
 
+def make_preprocess(config: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
+    """open_clip's evaluation preprocessing for a model's preprocessing config (resize, centre-crop, normalise)."""
+    return image_transform_v2(PreprocessCfg(**config), is_train=False)
+
+
 def load_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
                   device: str | torch.device = "auto", cache_dir: str | None = None, precision: str = "fp32",
                   decode: str = "full") -> Backbone:
@@ -430,7 +437,7 @@ def load_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_P
     # Weights, not autocast: faster (no per-call casts) and half the memory. The text tower stays
     # fp32 so class weights and trained prompts are exactly as trained (precision.py says why).
     clip.visual.to(torch_dtype(resolved))
-    preprocess = image_transform_v2(PreprocessCfg(**clip.visual.preprocess_cfg), is_train=False)
+    preprocess = make_preprocess(clip.visual.preprocess_cfg)
     tokenizer = open_clip.get_tokenizer(model)
     spec = EncoderSpec.create(model, built.weights_id, clip.visual.preprocess_cfg, decode, resolved,
                               activation=QUICK_GELU if built.quick_gelu else GELU)
