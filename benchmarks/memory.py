@@ -86,18 +86,20 @@ def main() -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = work / "predicted"
     predict = peak_mb([*emoclip, "predict", str(folder), *exact, "--save-features", "--output-dir", str(out)], env)
+    print(f"predict: {predict:.0f} MB peak RSS", file=sys.stderr, flush=True)
     evaluate = peak_mb([*emoclip, "evaluate", "--root", str(folder), *exact, "--split", "all",
                         "--out", str(work / "eval")], env)
+    print(f"evaluate: {evaluate:.0f} MB peak RSS", file=sys.stderr, flush=True)
 
     # features of the default path against open_clip's ViT-B-32-quickgelu from the very served file
     from huggingface_hub import constants, try_to_load_from_cache
+    from open_clip.transform import PreprocessCfg, image_transform_v2
     from PIL import Image
 
     constants.HF_HUB_CACHE = str(work / "hf")
     served = try_to_load_from_cache(CLIP_REPO, "open_clip_model.safetensors", cache_dir=str(work / "hf"))
     reference = open_clip.create_model("ViT-B-32-quickgelu", pretrained=str(served)).eval()
-    preprocess = open_clip.image_transform_v2(open_clip.PreprocessCfg(**reference.visual.preprocess_cfg),
-                                              is_train=False)
+    preprocess = image_transform_v2(PreprocessCfg(**reference.visual.preprocess_cfg), is_train=False)
     rows = [r for part in sorted(out.glob("part-*.parquet")) for r in pq.read_table(part).to_pylist()]
     with torch.no_grad():
         pixels = torch.stack([preprocess(Image.open(r["path"]).convert("RGB")) for r in rows])
