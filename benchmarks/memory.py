@@ -3,8 +3,8 @@
 A user's first `emoclip predict` downloads ``timm/vit_base_patch32_clip_224.openai`` (605 MB) and,
 for a UGRIE checkpoint, ``facebook/bart-base``. Here both are random weights of the real shapes,
 generated locally and served by tests/hub_stub.py on 127.0.0.1 in the hub's real layout. Each
-command runs as its own process; its peak resident memory (``ru_maxrss`` from ``wait4``: that
-process only) is reported. Targets: predict on the default path ≤ 1.5 GB, predict --checkpoint
+command runs as its own process; its own peak resident memory (``VmHWM``, read as it exits) is
+reported. Targets: predict on the default path ≤ 1.5 GB, predict --checkpoint
 (UGRIE) ≤ 2.5 GB.
 
     python benchmarks/memory.py            # 16 Emotion6 images (or noise JPEGs when absent)
@@ -29,15 +29,28 @@ sys.path.insert(0, str(ROOT))
 EMOTION6 = Path(os.environ.get("EMOCLIP_EMOTION6", ROOT.parent / "shared" / "datasets" / "emotion6"))
 
 
-def peak_mb(command: list[str], env: dict[str, str]) -> float:
-    """Run ``command``; its own peak RSS in MB (wait4 reports that child's rusage alone)."""
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    errors = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(command[2:5])}… failed ({proc.returncode}): {errors.strip()[-600:]}")
-    return usage.ru_maxrss / 1024
+# Runs the CLI and, at exit, writes the process's own peak RSS (VmHWM) to the file named by the variable:
+# rusage of a waited-for child also counts that child's own children, this is the command's process alone.
+_WRAPPER = """
+import atexit, os, sys
+def _report():
+    with open('/proc/self/status') as status, open(os.environ['EMOCLIP_BENCH_HWM'], 'w') as out:
+        out.write(next(line for line in status if line.startswith('VmHWM')).split()[1])
+atexit.register(_report)
+sys.argv = ['emoclip', *sys.argv[1:]]
+from emoclip.cli.main import main
+main()
+"""
+
+
+def peak_mb(arguments: list[str], env: dict[str, str], work: Path) -> float:
+    """Run `emoclip ARGUMENTS`; its own peak RSS (VmHWM) in MB."""
+    report = work / "hwm.txt"
+    done = subprocess.run([sys.executable, "-c", _WRAPPER, *arguments], env={**env, "EMOCLIP_BENCH_HWM": str(report)},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"emoclip {' '.join(arguments[:3])}… failed ({done.returncode}): {done.stderr.strip()[-600:]}")
+    return int(report.read_text()) / 1024
 
 
 def images(folder: Path, count: int = 16) -> Path:
@@ -85,10 +98,10 @@ def main() -> None:
     subprocess.run([*emoclip, "predict", str(folder / "fear"), *exact], env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = work / "predicted"
-    predict = peak_mb([*emoclip, "predict", str(folder), *exact, "--save-features", "--output-dir", str(out)], env)
+    predict = peak_mb(["predict", str(folder), *exact, "--save-features", "--output-dir", str(out)], env, work)
     print(f"predict: {predict:.0f} MB peak RSS", file=sys.stderr, flush=True)
-    evaluate = peak_mb([*emoclip, "evaluate", "--root", str(folder), *exact, "--split", "all",
-                        "--out", str(work / "eval")], env)
+    evaluate = peak_mb(["evaluate", "--root", str(folder), *exact, "--split", "all", "--out", str(work / "eval")],
+                       env, work)
     print(f"evaluate: {evaluate:.0f} MB peak RSS", file=sys.stderr, flush=True)
 
     # features of the default path against open_clip's ViT-B-32-quickgelu from the very served file
@@ -120,7 +133,7 @@ def main() -> None:
     method = create_method("ugrie", backbone, load_taxonomy("mikels8"), {"bart": BART_REPO})
     checkpoint = save_checkpoint(work / "ugrie", method, {"training": {"best_epoch": 0}})
     del method, backbone
-    ugrie = peak_mb([*emoclip, "predict", "--checkpoint", str(checkpoint), str(folder / "fear"), *exact], env)
+    ugrie = peak_mb(["predict", "--checkpoint", str(checkpoint), str(folder / "fear"), *exact], env, work)
     stub.stop()
 
     cpu = subprocess.run([sys.executable, "-m", "emoclip.core.hardware"], capture_output=True, text=True, env=env)
