@@ -164,7 +164,7 @@ def load_bart(spec: str | None, config: dict[str, Any] | None = None):
             reason = shorten(str(exc).strip().splitlines()[0], 200) if str(exc).strip() else type(exc).__name__
             offline = ensure_offline_when_unreachable()
             raise WeightsUnavailableError(missing_bart_message(source.value, offline, reason)) from None
-        raise EmoclipError(f"cannot load BART from {source.value}: {str(exc).splitlines()[0][:200]}; "
+        raise EmoclipError(f"cannot load BART from {source.value}: {shorten(str(exc), 200)}; "
                            "give a folder written by save_pretrained (model and tokenizer)") from None
     return model, tokenizer, identity
 
