@@ -358,3 +358,24 @@ def test_checkpoints_record_revisions_and_load_from_another_folder(stub, tiny_ba
         assert result.exit_code == 0, result.output
     finally:
         moved.rename(tiny_bart)
+
+
+def test_messages_fit_online_and_offline(stub, monkeypatch):
+    """Online, a failure says the download failed (not 'offline'); offline, that nothing is cached."""
+    stub.repos.clear()
+    with pytest.raises(WeightsUnavailableError) as online:
+        load_backbone("tiny", TAG, "cpu")
+    assert "download failed" in str(online.value) and "offline" not in str(online.value)
+    go_offline(monkeypatch)
+    with pytest.raises(WeightsUnavailableError) as offline:
+        load_backbone("tiny", TAG, "cpu")
+    assert "offline" in str(offline.value) and "--pretrained PATH" in str(offline.value)
+    for message in (str(online.value), str(offline.value)):
+        assert "\n" not in message
+
+
+def test_long_messages_are_cut_at_a_word_boundary():
+    from emoclip.core.errors import shorten
+
+    cut = shorten("the weights file " + "abcdefgh " * 40, 60)
+    assert len(cut) <= 60 and cut.endswith("…") and cut[:-1].split()[-1] == "abcdefgh"
