@@ -189,7 +189,7 @@ _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.
                        "U8": torch.uint8, "BOOL": torch.bool}
 
 
-def _stream_safetensors(model: torch.nn.Module, path: str) -> bool:
+def stream_safetensors_into(model: torch.nn.Module, path: str) -> bool:
     """Read a safetensors file straight into the model's tensors, one at a time; False when it does not fit.
 
     Why by hand: ``safetensors.torch.load_file`` (what open_clip uses) memory-maps the file and copies
@@ -255,7 +255,7 @@ def _load_file_into(model: torch.nn.Module, path: str) -> None:
         model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True)
         return
     if is_safetensors(path):
-        if _stream_safetensors(model, path):
+        if stream_safetensors_into(model, path):
             return
         if not path.endswith(".safetensors"):  # open_clip picks its reader by the suffix
             from safetensors.torch import load_file

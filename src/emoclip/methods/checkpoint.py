@@ -24,7 +24,7 @@ from safetensors.torch import save
 from emoclip.core.atomic import atomic_write_bytes, atomic_write_text
 from emoclip.core.errors import DamagedFileError, EmoclipError, shorten
 from emoclip.core.userfiles import parse_document, read_text
-from emoclip.encoder.backbone import Backbone, load_backbone
+from emoclip.encoder.backbone import Backbone, load_backbone, stream_safetensors_into
 from emoclip.labels.taxonomy import Taxonomy, taxonomy_from_dict
 from emoclip.methods.base import Method, create_method
 
@@ -51,6 +51,18 @@ def read_tensors(path: str | Path, what: str = "weights file") -> tuple[dict[str
         raise DamagedFileError(f"{what} {path} is damaged or not a safetensors file ({shorten(str(exc), 120)}); "
                                "restore it, or retrain") from None
     return tensors, metadata
+
+
+def read_tensor_metadata(path: str | Path, what: str = "weights file") -> dict[str, str]:
+    """The metadata of a safetensors file, its header checked, without reading any tensor."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return handle.metadata() or {}
+    except OSError as exc:
+        raise EmoclipError(f"cannot read {what} {path}: {exc.strerror or exc}; check the path") from None
+    except Exception as exc:
+        raise DamagedFileError(f"{what} {path} is damaged or not a safetensors file ({shorten(str(exc), 120)}); "
+                               "restore it, or retrain") from None
 
 
 def save_checkpoint(folder: str | Path, method: Method, extra: dict | None = None,
@@ -144,14 +156,11 @@ def load_checkpoint(path: str | Path, backbone: Backbone | None = None, device: 
     meta = read_metadata(path)
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise EmoclipError(f"checkpoint {path} has format {meta['format_version']}; upgrade emoclip to read it")
-    state, tensor_meta = read_tensors(weights_path, "checkpoint weights")
+    tensor_meta = read_tensor_metadata(weights_path, "checkpoint weights")
     trained_epoch = (meta.get("training") or {}).get("best_epoch") if isinstance(meta.get("training"), dict) else None
     if "epoch" in tensor_meta and trained_epoch is not None and tensor_meta["epoch"] != str(trained_epoch):
         raise DamagedFileError(f"checkpoint {path} is half-written (weights of epoch {tensor_meta['epoch']}, metadata "
                                f"of epoch {trained_epoch}); run the same `emoclip train … --resume` to repair it")
-    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-    if bad:
-        raise DamagedFileError(f"checkpoint {path} holds NaN or infinite weights ({bad}); retrain it")
     if backbone is None:
         backbone = load_backbone(meta["backbone"]["model"], pretrained or meta["backbone"]["pretrained"], device)
     check_backbone(meta, backbone)
@@ -162,12 +171,24 @@ def load_checkpoint(path: str | Path, backbone: Backbone | None = None, device: 
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise DamagedFileError(f"checkpoint metadata {meta_path} is damaged ({type(exc).__name__}: "
                                f"{shorten(str(exc), 100)}); restore it, or retrain") from None
-    try:
-        method.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise EmoclipError(f"checkpoint {path} does not fit method {meta['method']} ({shorten(str(exc), 200)}); "
-                           "its weights were damaged or come from another run: retrain it") from None
+    # Straight into the method's tensors when names and shapes match (a full-tune UGRIE checkpoint holds
+    # all of BART: reading it into a dict first held its 560 MB twice); otherwise the checking path.
+    if not stream_safetensors_into(method, str(weights_path)):
+        state, _ = read_tensors(weights_path, "checkpoint weights")
+        _refuse_non_finite(path, state)
+        try:
+            method.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise EmoclipError(f"checkpoint {path} does not fit method {meta['method']} ({shorten(str(exc), 200)}); "
+                               "its weights were damaged or come from another run: retrain it") from None
+    _refuse_non_finite(path, method.state_dict())
     return method.eval()
+
+
+def _refuse_non_finite(path: str | Path, state) -> None:
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad:
+        raise DamagedFileError(f"checkpoint {path} holds NaN or infinite weights ({bad}); retrain it")
 
 
 def classifier_for(method: Method, taxonomy: Taxonomy | None):
