@@ -8,7 +8,7 @@ the git blob SHA-1, so the blob's own name says what its bytes must hash to — 
 - a mismatch deletes the bad blob and downloads it again when the hub is reachable, or stops with one
   line naming the file when offline — a damaged cache is never used;
 - a verified file is remembered (path, size, modification time, inode → digest) in emoclip's cache
-  folder, so the 600 MB are hashed once, not on every run;
+  folder, so the 600 MB are hashed once, not on every run (local weights files too);
 - the resolved revision (the snapshot's commit) and the digest are returned, so checkpoints and
   run reports record exactly which published file they used.
 
@@ -127,8 +127,7 @@ def verify(path: str | Path) -> str:
     sha256 = sha256_of(blob)
     if want is not None and want != (sha256 if len(want) == 64 else _git_sha1_of(blob)):
         raise _Mismatch(blob, want)
-    if want is not None:
-        _remember(blob, sha256)
+    _remember(blob, sha256)  # any file: its identity is its digest, and hashing 600 MB every run is waste
     return sha256
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from emoclip.core.errors import EmoclipError, WeightsUnavailableError, shorten
-from emoclip.encoder.weights import ensure_offline_when_unreachable, file_fingerprint
+from emoclip.encoder.weights import ensure_offline_when_unreachable
 
 log = logging.getLogger("emoclip")
 DEFAULT_BART = "facebook/bart-base"
@@ -98,7 +98,13 @@ def _fingerprint(folder: Path) -> str:
     for name in _WEIGHT_FILES:
         file = folder / name
         if file.is_file():
-            return "sha256:" + file_fingerprint(file)
+            from emoclip.encoder import hub
+
+            try:
+                return "sha256:" + hub.verify(file)  # remembered once hashed; a hub snapshot is checked too
+            except hub._Mismatch:
+                raise EmoclipError(f"BART weights {file} are damaged (their SHA-256 does not match the digest the "
+                                   "hub published); download them again") from None
     return "config-only"
 
 
