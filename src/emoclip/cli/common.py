@@ -136,6 +136,13 @@ def tagging_speed_options(func: Callable) -> Callable:
     return speed_options(TAGGING.precision, TAGGING.decode)(func)
 
 
+def _remember_bart(ctx: click.Context, _param, value):
+    """``--bart`` reaches every command's TaggerConfig through ``tagger_config`` (no command signature changes)."""
+    if value:
+        ctx.meta["emoclip.bart"] = value
+    return value
+
+
 def taxonomy_options(func: Callable) -> Callable:
     options = [
         click.option("--taxonomy", "-t", default=None,
@@ -143,6 +150,9 @@ def taxonomy_options(func: Callable) -> Callable:
                           "(default mikels8, or the checkpoint's)."),
         click.option("--checkpoint", type=click.Path(exists=True), default=None,
                      help="A run folder written by `emoclip train`: use its trained model instead of zero-shot."),
+        click.option("--bart", default=None, expose_value=False, callback=_remember_bart,
+                     help="Where a UGRIE checkpoint's BART is, if not where it was trained: a save_pretrained "
+                          "folder or a hub name (its weights are still checked against the checkpoint's)."),
         click.option("--labels", default=None,
                      help="Your own comma-separated labels instead of a taxonomy, e.g. calm,tense,joyful."),
         click.option("--templates", default=None,
@@ -165,6 +175,9 @@ def tagger_config(checkpoint=None, taxonomy=None, labels=None, templates=None, s
     if labels is not None and taxonomy is not None:
         raise EmoclipError("--labels and --taxonomy were both given; give either --labels or --taxonomy, not both")
     label_list = tuple(labels.split(",")) if labels is not None else None  # "" is an error, not the default
+    context = click.get_current_context(silent=True)
+    if context is not None and "bart" not in rest and context.meta.get("emoclip.bart"):
+        rest["bart"] = context.meta["emoclip.bart"]
     return TaggerConfig(checkpoint=checkpoint, taxonomy=taxonomy, labels=label_list, templates=templates,
                         synonyms=synonyms, model=model, pretrained=pretrained, device=device, precision=precision,
                         decode=decode, cache_dir=cache_dir, no_cache=no_cache, **rest)

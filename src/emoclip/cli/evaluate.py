@@ -67,7 +67,7 @@ def evaluate(root, split_file, manifests, layout, fold, label_file, votes, split
     run = {"name": name or described["method"], "method": described, "seed": seed, "checkpoint": checkpoint,
            "dataset": data.name, "split": split, "dataset_label": data.name.split(":")[0],
            "data_source": data.source, "fold": data.extra.get("fold"),
-           "backbone": backbone.identity(), "taxonomy": model_tax.name, "label_taxonomy": label_tax.name,
+           "backbone": backbone.record(), "taxonomy": model_tax.name, "label_taxonomy": label_tax.name,
            "via": via}
     write_run(result, run, Path(out), mistakes)
     m = result.metrics

@@ -71,7 +71,11 @@ def shorten(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     """One line of at most ``limit`` characters (control characters shown escaped)."""
     line = " ".join(str(text).split())
     line = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in line)
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ;,:") + "…"  # never mid-word when avoidable
 
 
 def short_repr(value: object, limit: int = 80) -> str:

@@ -29,6 +29,13 @@ DECODE_MODES = {
 }
 
 
+# The activation inside the transformer MLPs. OpenAI trained CLIP with QuickGELU (x·σ(1.702x)), most
+# later releases with GELU; the same weights in the other one give features off by ~1e-3 (random
+# weights) to far more (trained ones), so it is part of the identity: features of the two never mix.
+GELU, QUICK_GELU = "gelu", "quick_gelu"
+ACTIVATIONS = (GELU, QUICK_GELU)
+
+
 def check_decode(mode: str) -> str:
     if mode not in DECODE_MODES:
         raise EmoclipError(f"unknown decode mode '{mode}'; use one of {', '.join(DECODE_MODES)}")
@@ -40,22 +47,25 @@ class EncoderSpec:
     """What turns image bytes into a feature. Hashable, JSON-able, and resolved (no 'auto' inside)."""
 
     model: str                 # open_clip architecture
-    weights: str               # the weights' identity: a tag, random-seed0, or sha256:<file digest>
+    weights: str               # the weights' identity: sha256:<file digest> (tags too), or random-seed0
     preprocess: str            # open_clip's preprocessing config as canonical JSON (frozen, hashable)
     decode: str = "full"       # a key of DECODE_MODES
     precision: str = "fp32"    # the image encoder's number format: fp32, bf16 or fp16
+    activation: str = GELU     # the MLP activation the weights were trained with (ACTIVATIONS)
 
     def __post_init__(self) -> None:
         check_decode(self.decode)
+        if self.activation not in ACTIVATIONS:
+            raise EmoclipError(f"unknown activation '{self.activation}'; use one of {', '.join(ACTIVATIONS)}")
         if self.precision not in RESOLVED:
             raise EmoclipError(f"an encoder spec needs a resolved precision ({', '.join(RESOLVED)}), "
                                f"not '{self.precision}'")
 
     @classmethod
     def create(cls, model: str, weights: str, preprocess: dict[str, Any], decode: str = "full",
-               precision: str = "fp32") -> EncoderSpec:
+               precision: str = "fp32", activation: str = GELU) -> EncoderSpec:
         canonical = {k: list(v) if isinstance(v, tuple) else v for k, v in (preprocess or {}).items()}
-        return cls(model, weights, json.dumps(canonical, sort_keys=True), decode, precision)
+        return cls(model, weights, json.dumps(canonical, sort_keys=True), decode, precision, activation)
 
     @property
     def preprocess_config(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import socket
 import threading
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,8 @@ def classify(pretrained: str | os.PathLike | None) -> WeightsSource:
         return WeightsSource("random", RANDOM)
     path = Path(text).expanduser()
     if path.is_file():
-        return WeightsSource("file", str(path.resolve()))
+        # absolute, but not resolved: a hub snapshot file is a symlink whose neighbours (its config) matter
+        return WeightsSource("file", os.path.abspath(path))
     if os.sep in text or path.suffix in (".pt", ".pth", ".bin", ".safetensors", ".npz"):
         raise WeightsUnavailableError(
             f"weights file '{text}' does not exist; give an existing file to --pretrained (or {WEIGHTS_ENV})")
@@ -57,11 +59,24 @@ def _offline_by_env() -> bool:
     return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "EMOCLIP_OFFLINE"))
 
 
-def hub_reachable(endpoint: str | None = None, timeout: float = _REACH_TIMEOUT_S) -> bool:
-    """True when a TCP connection to the hub opens within ``timeout`` seconds (DNS included)."""
-    url = urlparse(endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+def _probe_address(endpoint: str) -> tuple[str, int]:
+    """Where a connection to ``endpoint`` really goes: the proxy for its scheme when one is set
+    (``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``, honouring ``NO_PROXY``, as httpx does), else the host."""
+    url = urlparse(endpoint)
     host = url.hostname or "huggingface.co"
     port = url.port or (443 if url.scheme == "https" else 80)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        target = urlparse(proxy if "://" in proxy else "http://" + proxy)
+        if target.hostname:
+            return target.hostname, target.port or (443 if target.scheme == "https" else 80)
+    return host, port
+
+
+def hub_reachable(endpoint: str | None = None, timeout: float = _REACH_TIMEOUT_S) -> bool:
+    """True when a TCP connection to the hub (or the proxy in front of it) opens within ``timeout`` seconds."""
+    host, port = _probe_address(endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     result: list[bool] = []
 
     def probe() -> None:
@@ -95,19 +110,38 @@ def ensure_offline_when_unreachable() -> bool:
 
 
 def missing_weights_message(model: str, tag: str, offline: bool, reason: str = "") -> str:
-    where = "the Hugging Face hub is unreachable (offline)" if offline else "the download failed"
-    detail = f" ({reason})" if reason and not offline else ""
-    return (f"cannot get pretrained weights '{tag}' for {model}: {where}{detail} and they are not cached; "
-            f"download them on a connected machine and pass the file with --pretrained PATH "
-            f"(or set {WEIGHTS_ENV}=PATH), or use --pretrained random for benchmarks")
+    if offline:
+        return (f"cannot get pretrained weights '{tag}' for {model}: the Hugging Face hub is unreachable (offline) "
+                f"and they are not cached; connect (set HTTPS_PROXY if you are behind a proxy) and rerun, or "
+                f"download them on a connected machine and pass the file with --pretrained PATH "
+                f"(or set {WEIGHTS_ENV}=PATH), or use --pretrained random for benchmarks")
+    detail = f" ({reason})" if reason else ""
+    return (f"cannot get pretrained weights '{tag}' for {model}: the download failed{detail}; check the network "
+            f"(or HTTPS_PROXY, HF_ENDPOINT) and rerun, or pass a downloaded file with --pretrained PATH")
 
 
 def is_torchscript_archive(path: str | Path) -> bool:
-    """OpenAI's released ``.pt`` files are TorchScript zip archives (they hold a ``code/`` folder)."""
+    """OpenAI's released ``.pt`` files are TorchScript zip archives (they hold a ``code/`` folder).
+
+    The whole central directory is read (it is small): a recent torch writes hundreds of data
+    entries before the code ones."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
-        return any("/code/" in n or n.endswith("/constants.pkl") for n in archive.namelist()[:200])
+        return any("/code/" in n or n.endswith("/constants.pkl") for n in archive.namelist())
+
+
+def is_safetensors(path: str | Path) -> bool:
+    """A safetensors file by content (a hub snapshot file is a symlink to a blob without suffix)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    size = int.from_bytes(head[:8], "little")
+    return 2 <= size < 100_000_000 and head[8:9] == b"{"
 
 
 def file_fingerprint(path: str | Path) -> str:

@@ -24,7 +24,7 @@ from emoclip.core.atomic import atomic_write_bytes, atomic_write_text
 from emoclip.core.errors import DamagedFileError, EmoclipError, shorten
 from emoclip.core.strict_json import dumps
 from emoclip.core.userfiles import parse_document, read_text
-from emoclip.encoder.backbone import Backbone, load_backbone
+from emoclip.encoder.backbone import Backbone, load_backbone, stream_safetensors_into
 from emoclip.labels.taxonomy import Taxonomy, taxonomy_from_dict
 from emoclip.methods.base import Method, create_method
 
@@ -53,6 +53,18 @@ def read_tensors(path: str | Path, what: str = "weights file") -> tuple[dict[str
     return tensors, metadata
 
 
+def read_tensor_metadata(path: str | Path, what: str = "weights file") -> dict[str, str]:
+    """The metadata of a safetensors file, its header checked, without reading any tensor."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return handle.metadata() or {}
+    except OSError as exc:
+        raise EmoclipError(f"cannot read {what} {path}: {exc.strerror or exc}; check the path") from None
+    except Exception as exc:
+        raise DamagedFileError(f"{what} {path} is damaged or not a safetensors file ({shorten(str(exc), 120)}); "
+                               "restore it, or retrain") from None
+
+
 def save_checkpoint(folder: str | Path, method: Method, extra: dict | None = None,
                     tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """``model.safetensors`` + ``model.json``; ``tensors`` (default: the method's own) are the weights."""
@@ -62,12 +74,19 @@ def save_checkpoint(folder: str | Path, method: Method, extra: dict | None = Non
     epoch = (extra or {}).get("training", {}).get("best_epoch")
     tensor_meta = {"format": "emoclip", "method": method.name, **({"epoch": str(epoch)} if epoch is not None else {})}
     save_tensors(dict(method.state_dict()) if tensors is None else tensors, folder / WEIGHTS_FILE, tensor_meta)
+    config = dataclasses.asdict(method.config)
+    if config.get("bart"):  # an absolute folder or a hub name: the checkpoint loads from any working directory
+        from emoclip.methods.ugrie.bart_weights import bart_location
+
+        config["bart"] = bart_location(config["bart"])
     meta = {
         "format_version": FORMAT_VERSION,
         "method": method.name,
-        "config": dataclasses.asdict(method.config),
-        "backbone": {**backbone.identity(), "pretrained": backbone.weights.value},
+        "config": config,
+        # the spec, plus where the weights came from (hub repo + revision, or the file's absolute path)
+        "backbone": {**backbone.record(), "pretrained": backbone.weights.value},
         "taxonomy": method.taxonomy.to_dict(),
+        **({"bart": dict(bart)} if (bart := vars(method).get("bart_identity")) else {}),
         **(extra or {}),
     }
     atomic_write_text(folder / META_FILE, dumps(meta, indent=2) + "\n")  # strict: NaN never reaches the file
@@ -113,9 +132,16 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def check_backbone(meta: dict, backbone: Backbone) -> None:
+    """The checkpoint's backbone (architecture, weights digest, activation) is the one given, or a one-line refusal."""
     want = meta["backbone"]
     have = backbone.identity()
-    if want["model"] != have["model"] or want["weights"] != have["weights"]:
+    if not str(want["weights"]).startswith(("sha256:", "random-")) and want["weights"] == backbone.weights.value:
+        raise EmoclipError(
+            f"checkpoint was trained on {want['model']} '{want['weights']}' before emoclip identified weights by "
+            "their digest and built the activation the tag was trained with, so its features were not the "
+            "published model's; retrain it with this version")
+    if (want["model"] != have["model"] or want["weights"] != have["weights"]
+            or want.get("activation", have["activation"]) != have["activation"]):
         raise EmoclipError(
             f"checkpoint was trained on {want['model']} with weights {want['weights']}, but the backbone is "
             f"{have['model']} with {have['weights']}; pass --model {want['model']} --pretrained "
@@ -123,35 +149,46 @@ def check_backbone(meta: dict, backbone: Backbone) -> None:
 
 
 def load_checkpoint(path: str | Path, backbone: Backbone | None = None, device: str = "auto",
-                    pretrained: str | None = None) -> Method:
-    """Rebuild a trained method; the backbone comes from the metadata unless one is given."""
+                    pretrained: str | None = None, bart: str | None = None) -> Method:
+    """Rebuild a trained method; the backbone comes from the metadata unless one is given, and ``bart``
+    (a folder or hub name) overrides where a UGRIE checkpoint's BART is (its digest is still checked)."""
     meta_path, weights_path = _paths(path)
     meta = read_metadata(path)
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise EmoclipError(f"checkpoint {path} has format {meta['format_version']}; upgrade emoclip to read it")
-    state, tensor_meta = read_tensors(weights_path, "checkpoint weights")
+    tensor_meta = read_tensor_metadata(weights_path, "checkpoint weights")
     trained_epoch = (meta.get("training") or {}).get("best_epoch") if isinstance(meta.get("training"), dict) else None
     if "epoch" in tensor_meta and trained_epoch is not None and tensor_meta["epoch"] != str(trained_epoch):
         raise DamagedFileError(f"checkpoint {path} is half-written (weights of epoch {tensor_meta['epoch']}, metadata "
                                f"of epoch {trained_epoch}); run the same `emoclip train … --resume` to repair it")
-    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-    if bad:
-        raise DamagedFileError(f"checkpoint {path} holds NaN or infinite weights ({bad}); retrain it")
     if backbone is None:
         backbone = load_backbone(meta["backbone"]["model"], pretrained or meta["backbone"]["pretrained"], device)
     check_backbone(meta, backbone)
     try:
         taxonomy: Taxonomy = taxonomy_from_dict(meta["taxonomy"], origin=str(meta_path))
-        method = create_method(meta["method"], backbone, taxonomy, meta["config"])
+        config = {**meta["config"], "bart": bart} if bart and "bart" in meta["config"] else meta["config"]
+        method = create_method(meta["method"], backbone, taxonomy, config)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise DamagedFileError(f"checkpoint metadata {meta_path} is damaged ({type(exc).__name__}: "
                                f"{shorten(str(exc), 100)}); restore it, or retrain") from None
-    try:
-        method.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise EmoclipError(f"checkpoint {path} does not fit method {meta['method']} ({shorten(str(exc), 200)}); "
-                           "its weights were damaged or come from another run: retrain it") from None
+    # Straight into the method's tensors when names and shapes match (a full-tune UGRIE checkpoint holds
+    # all of BART: reading it into a dict first held its 560 MB twice); otherwise the checking path.
+    if not stream_safetensors_into(method, str(weights_path)):
+        state, _ = read_tensors(weights_path, "checkpoint weights")
+        _refuse_non_finite(path, state)
+        try:
+            method.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise EmoclipError(f"checkpoint {path} does not fit method {meta['method']} ({shorten(str(exc), 200)}); "
+                               "its weights were damaged or come from another run: retrain it") from None
+    _refuse_non_finite(path, method.state_dict())
     return method.eval()
+
+
+def _refuse_non_finite(path: str | Path, state) -> None:
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad:
+        raise DamagedFileError(f"checkpoint {path} holds NaN or infinite weights ({bad}); retrain it")
 
 
 def classifier_for(method: Method, taxonomy: Taxonomy | None):

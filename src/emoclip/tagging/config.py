@@ -44,6 +44,7 @@ class TaggerConfig:
     decode: str = option(TAGGING.decode, _HELP["decode"], choices=tuple(DECODE_MODES))
     # the classifier
     checkpoint: str | None = option(None, "A run folder from `emoclip train`; none: zero-shot.")
+    bart: str | None = option(None, "Where a UGRIE checkpoint's BART is (a folder or hub name); none: as recorded.")
     taxonomy: str | None = option(None, "Built-in taxonomy name or file; default mikels8, or the checkpoint's.")
     labels: tuple[str, ...] | None = option(None, "Your own labels instead of a taxonomy.")
     templates: str | None = option(None, "Prompt template set, a file of templates, or one template with {}.")
@@ -89,7 +90,7 @@ def preflight(config: TaggerConfig) -> None:
     if config.checkpoint:
         from emoclip.methods.ugrie.bart_weights import preflight_checkpoint
 
-        preflight_checkpoint(config.checkpoint)  # a ugrie checkpoint's BART
+        preflight_checkpoint(config.checkpoint, config.bart)  # a ugrie checkpoint's BART
     if config.checkpoint and not config.pretrained:
         return  # the checkpoint names its weights; load_checkpoint checks them
     weights_preflight(config.model or DEFAULT_MODEL, config.pretrained or DEFAULT_PRETRAINED)
@@ -125,7 +126,7 @@ def build_classifier(config: TaggerConfig, backbone: Backbone | None = None) -> 
             meta = read_metadata(config.checkpoint)["backbone"]
             backbone = load_backbone_for(config, config.model or meta["model"],
                                          config.pretrained or meta["pretrained"])
-        method = load_checkpoint(config.checkpoint, backbone, config.device)
+        method = load_checkpoint(config.checkpoint, backbone, config.device, bart=config.bart)
         return method.backbone, classifier_for(method, load_taxonomy_for(config, default=None))
     from emoclip.methods.zeroshot import ZeroShotClassifier
 

@@ -175,7 +175,7 @@ def run_unified(config: dict[str, Any], out: str | Path, device: str = "auto", c
         run = {"name": config.get("name") or name, "method": best.describe(), "seed": train_config.seed,
                "dataset": test.name, "split": part.eval_split, "dataset_label": part.name, "checkpoint": str(out),
                "data_source": part.data.source, "fold": part.data.extra.get("fold"), "shots": train_config.shots,
-               "target": train_config.target, "backbone": backbone.identity(), "taxonomy": part.taxonomy.name,
+               "target": train_config.target, "backbone": backbone.record(), "taxonomy": part.taxonomy.name,
                "label_taxonomy": part.label_taxonomy.name, "training": summary["training"],
                "setting": {**run_setting(configured, asdict(train_config), part.entry_data, part.data.source,
                                          train_config.shots, train_config.target, part.taxonomy.name,

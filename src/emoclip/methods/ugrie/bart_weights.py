@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emoclip.core.errors import EmoclipError, WeightsUnavailableError
-from emoclip.encoder.weights import ensure_offline_when_unreachable, file_fingerprint
+from emoclip.core.errors import EmoclipError, WeightsUnavailableError, shorten
+from emoclip.encoder.weights import ensure_offline_when_unreachable
 from emoclip.schema.methods import DEFAULT_BART
 
 log = logging.getLogger("emoclip")
@@ -47,7 +47,11 @@ def classify_bart(spec: str | os.PathLike | None) -> BartSource:
     return BartSource("hub", text)
 
 
-def missing_bart_message(name: str) -> str:
+def missing_bart_message(name: str, offline: bool = True, reason: str = "") -> str:
+    if not offline:
+        detail = f" ({reason})" if reason else ""
+        return (f"cannot get BART weights '{name}': the download failed{detail}; check the network (or HTTPS_PROXY, "
+                "HF_ENDPOINT) and rerun, or pass a downloaded save_pretrained folder with --set bart=PATH")
     return (f"cannot get BART weights '{name}': the Hugging Face hub is unreachable (offline) and they are not "
             "cached; on a connected machine run `python -c \"from transformers import AutoModelForSeq2SeqLM as M, "
             f"AutoTokenizer as T; n='{name}'; M.from_pretrained(n).save_pretrained('bart'); "
@@ -75,8 +79,9 @@ def preflight(spec: str | None) -> BartSource:
     return source
 
 
-def preflight_checkpoint(path: str | os.PathLike) -> None:
-    """The same check for a checkpoint whose method reads BART (its ``model.json`` names it)."""
+def preflight_checkpoint(path: str | os.PathLike, bart: str | None = None) -> None:
+    """The same check for a checkpoint whose method reads BART (its ``model.json`` names it, unless
+    ``bart`` overrides where it is)."""
     folder = Path(path).expanduser()
     meta_file = (folder if folder.is_dir() else folder.parent) / "model.json"
     try:
@@ -85,7 +90,7 @@ def preflight_checkpoint(path: str | os.PathLike) -> None:
         return  # load_checkpoint gives the exact message
     config = (meta.get("config") if isinstance(meta, dict) else None) or {}
     if isinstance(config, dict) and config.get("bart"):
-        preflight(config["bart"])
+        preflight(bart or config["bart"])
 
 
 def _fingerprint(folder: Path) -> str:
@@ -93,34 +98,79 @@ def _fingerprint(folder: Path) -> str:
     for name in _WEIGHT_FILES:
         file = folder / name
         if file.is_file():
-            return "sha256:" + file_fingerprint(file)
+            from emoclip.encoder import hub
+
+            try:
+                return "sha256:" + hub.verify(file)  # remembered once hashed; a hub snapshot is checked too
+            except hub._Mismatch:
+                raise EmoclipError(f"BART weights {file} are damaged (their SHA-256 does not match the digest the "
+                                   "hub published); download them again") from None
     return "config-only"
+
+
+_HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _fetch_hub_weights(name: str) -> tuple[str, str]:
+    """(revision, sha256) of a hub BART's weights file, downloaded (with progress) and verified first.
+
+    transformers then loads from the cache at exactly that revision, so what a checkpoint records is
+    what was used (transformers 5.x no longer sets ``config._commit_hash``)."""
+    from emoclip.encoder import hub
+
+    first: WeightsUnavailableError | None = None
+    for filename in _HUB_WEIGHT_FILES:
+        try:
+            found = hub.fetch(name, filename)
+        except hub.DamagedDownloadError:
+            raise
+        except WeightsUnavailableError as exc:
+            first = first or exc
+            continue
+        return found.revision, found.sha256
+    offline = ensure_offline_when_unreachable()
+    raise WeightsUnavailableError(missing_bart_message(name, offline, "" if offline or not first else str(first)))
+
+
+def bart_location(spec: str | None) -> str:
+    """How a checkpoint records its BART: an absolute folder path, or the hub name (never a relative path)."""
+    return classify_bart(spec).value
 
 
 def load_bart(spec: str | None, config: dict[str, Any] | None = None):
     """(model, tokenizer, identity). With ``config`` the architecture is built from it and the weights are
-    left to the caller (a fully fine-tuned checkpoint holds them all); only the tokenizer is read."""
+    left to the caller (a fully fine-tuned checkpoint holds them all); only the tokenizer is read.
+
+    The identity's ``weights`` is the weights file's SHA-256 (a folder) or ``name@revision sha256:…``
+    (the hub): what a checkpoint records and later checks."""
     source = preflight(spec)
     import transformers
     from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
 
+    from emoclip.encoder.hub import download_progress
+
     transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    revision = None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.value)
-        if config is not None:
-            model = BartForConditionalGeneration(BartConfig.from_dict(config))
-            identity = {"source": source.value, "kind": source.kind, "weights": "from-checkpoint"}
-        else:
-            model = BartForConditionalGeneration.from_pretrained(source.value)
-            weights = (_fingerprint(Path(source.value)) if source.kind == "folder"
-                       else getattr(model.config, "_commit_hash", None) or "hub")
-            identity = {"source": source.value, "kind": source.kind, "weights": weights}
+        identity: dict[str, Any] = {"source": source.value, "kind": source.kind}
+        if source.kind == "hub" and config is None:
+            revision, digest = _fetch_hub_weights(source.value)
+            identity |= {"revision": revision, "weights": f"{source.value}@{revision} sha256:{digest}"}
+        with download_progress():
+            tokenizer = AutoTokenizer.from_pretrained(source.value, revision=revision)
+            if config is not None:
+                model = BartForConditionalGeneration(BartConfig.from_dict(config))
+                identity["weights"] = "from-checkpoint"
+            else:
+                model = BartForConditionalGeneration.from_pretrained(source.value, revision=revision or "main")
+                if source.kind == "folder":
+                    identity["weights"] = _fingerprint(Path(source.value))
     except OSError as exc:
         if source.kind == "hub":
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise WeightsUnavailableError(f"{missing_bart_message(source.value)} ({reason})") from None
-        raise EmoclipError(f"cannot load BART from {source.value}: {str(exc).splitlines()[0][:200]}; "
+            reason = shorten(str(exc).strip().splitlines()[0], 200) if str(exc).strip() else type(exc).__name__
+            offline = ensure_offline_when_unreachable()
+            raise WeightsUnavailableError(missing_bart_message(source.value, offline, reason)) from None
+        raise EmoclipError(f"cannot load BART from {source.value}: {shorten(str(exc), 200)}; "
                            "give a folder written by save_pretrained (model and tokenizer)") from None
     return model, tokenizer, identity
 
