@@ -75,27 +75,41 @@ def read_shard(row: dict[str, Any]) -> dict[str, Any]:
 class ShardTagger:
     """A Ray actor: one Tagger, built once by the shared factory, tagging whole shards."""
 
-    def __init__(self, config: dict[str, Any], layout: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], extra_columns: list[str], save_features: bool, shard_size: int,
+                 threads: int | None = None) -> None:
+        if threads:  # before torch starts its thread pool
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
         from emoclip.tagging.config import TaggerConfig, build_tagger
 
+        if threads:
+            torch.set_num_threads(threads)
         self.tagger = build_tagger(TaggerConfig.from_dict(config))
-        self.layout = ShardLayout.from_dict(layout)
+        # The layout and the encoder identity come from the model the actor really runs: the driver
+        # never builds one, and records (or checks) what its actors report.
+        self.layout = ShardLayout.for_tagger(self.tagger, extra_columns, save_features)
+        self.layout_json = json.dumps(self.layout.to_dict(), sort_keys=True)
         self.encoder = json.dumps(self.tagger.backbone.identity(), sort_keys=True)
+        self.shard_size = shard_size
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from emoclip.encoder.decode import ImageBytes
 
-        out: dict[str, list] = {"shard": [], "parquet": [], "rows": [], "errors": [], "seconds": [], "encoder": []}
+        out: dict[str, list] = {"shard": [], "parquet": [], "rows": [], "errors": [], "seconds": [], "encoder": [],
+                                "layout": []}
         for shard, items_json, data, problems in zip(batch["shard"], batch["items"], batch["data"],
                                                      batch["problem"], strict=True):
             items = [Item.from_dict(d) for d in json.loads(items_json)]
             loaded = [problem or ImageBytes(item.name, bytes(blob))
                       for item, blob, problem in zip(items, data, problems, strict=True)]
-            result = tag_shard(self.tagger, self.layout, int(shard), items, loaded)
+            result = tag_shard(self.tagger, self.layout, int(shard), items, loaded,
+                               first_row=int(shard) * self.shard_size)
             for key in ("parquet", "rows", "errors", "seconds"):
                 out[key].append(getattr(result, key))
             out["shard"].append(result.index)
             out["encoder"].append(self.encoder)
+            out["layout"].append(self.layout_json)
         return out
 
 
@@ -110,6 +124,12 @@ def _cluster_plan(ray: Any, config: dict[str, Any], actors: int | None, cpus_per
         return actors or gpus, {"num_gpus": 1, "num_cpus": cpus_per_actor}
     spare = resources.get("CPU", 1) - 1  # one CPU left to the read tasks and the driver
     return actors or max(1, int(spare // cpus_per_actor)), {"num_cpus": cpus_per_actor}
+
+
+def actor_threads(resources: dict[str, Any]) -> int:
+    """torch threads in an actor: one per whole CPU it reserves (at least one). More threads than
+    reserved cores would fight the other actors for them; fewer would leave reserved cores idle."""
+    return max(1, int(resources.get("num_cpus", 1)))
 
 
 def run_ray(job: ShardJob, progress: ShardProgress, ray_address: str | None = None, actors: int | None = None,
@@ -128,20 +148,24 @@ def run_ray(job: ShardJob, progress: ShardProgress, ray_address: str | None = No
         context.print_on_execution_start = False
         config = job.config.to_dict()
         size, resources = _cluster_plan(ray, config, actors, cpus_per_actor)
+        actor_kwargs = {"config": config, "extra_columns": list(job.inputs.extra_columns),
+                        "save_features": job.save_features, "shard_size": job.shard_size,
+                        "threads": actor_threads(resources)}
         log.info("Ray: %d actor(s), each %s", size, resources)
         todo = job.shards.todo()
         rows = [{"shard": i, "items": json.dumps([item.to_dict() for item in job.items(i)])} for i in todo]
         dataset = (ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
                    .map(read_shard, num_cpus=READ_TASK_CPUS)
                    .map_batches(ShardTagger, batch_size=1, batch_format="numpy",
-                                fn_constructor_kwargs={"config": config, "layout": job.layout.to_dict()},
+                                fn_constructor_kwargs=actor_kwargs,
                                 **resources, **actor_pool_arguments(size)))
         try:
             for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
-                for shard, parquet, count, errors, seconds, encoder in zip(
+                for shard, parquet, count, errors, seconds, encoder, layout in zip(
                         batch["shard"], batch["parquet"], batch["rows"], batch["errors"], batch["seconds"],
-                        batch["encoder"], strict=True):
+                        batch["encoder"], batch["layout"], strict=True):
                     job.shards.check_encoder(json.loads(str(encoder)))  # every actor runs the recorded encoder
+                    job.shards.check_layout(ShardLayout.from_dict(json.loads(str(layout))))
                     result = ShardResult(int(shard), bytes(parquet), int(count), int(errors), float(seconds))
                     job.shards.commit(result)
                     progress.shard(result, images_counted=False)
