@@ -22,6 +22,7 @@ pd = pytest.importorskip("pandas")
 pq = pytest.importorskip("pyarrow.parquet")
 
 MANIFEST = "_emoclip_manifest.json"
+COMMITS = "_emoclip_commits.jsonl"
 # Tar members and files run the same decoder on the same bytes, but may sit in other encoder batches
 # (error rows shift them), so their probabilities agree to float rounding of another batch shape
 # (see FEATURE_ATOL); rows are rounded to 6 digits, so 1e-5 allows one unit of rounding either way.
@@ -63,9 +64,9 @@ def kill_after_first_shard(command: list[str], out: Path, timeout: float = 300) 
     try:
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                if json.loads((out / MANIFEST).read_text())["done"]:
+                if (out / COMMITS).read_bytes().endswith(b"\n"):
                     break
-            except (FileNotFoundError, ValueError, KeyError):
+            except FileNotFoundError:
                 pass
             time.sleep(0.02)
         assert process.poll() is None, f"the job ended before it could be killed: {process.stderr.read()!r}"
@@ -73,8 +74,10 @@ def kill_after_first_shard(command: list[str], out: Path, timeout: float = 300) 
     finally:
         process.wait()
         process.stderr.close()
-    manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["done"] and not manifest["complete"], "kill -9 must land mid-job for this test to mean anything"
+    from emoclip.tagging.manifest import folder_state
+
+    state = folder_state(out)
+    assert state.committed and not state.complete, "kill -9 must land mid-job for this test to mean anything"
 
 
 @pytest.fixture
