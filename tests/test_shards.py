@@ -140,6 +140,8 @@ def test_merge_writes_one_file_in_input_order(forty, tmp_path):
     assert run_cli("predict", forty, *TINY_CLI, "--no-cache", "--shard-size", "7", "--output-dir", out).exit_code == 1
     shards = read_dir(out)
     assert list(shards.path) == sorted(str(p) for p in forty.iterdir())
+    assert list(shards.row) == list(range(41))  # the ordering column: each row's position in the inputs
+    shards = shards.drop(columns="row")  # merge writes the columns of `predict -o FILE`, in row order
     assert run_cli("merge", out, "-o", tmp_path / "all.parquet").exit_code == 0
     assert_identical(pd.read_parquet(tmp_path / "all.parquet"), shards)
     assert run_cli("merge", out, "-o", tmp_path / "all.csv").exit_code == 0

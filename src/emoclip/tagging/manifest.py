@@ -28,11 +28,13 @@ use it without loading a model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,6 +74,33 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(HASH_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_UMASK: list[int] = []
+
+
+def write_shard_file(path: Path, data: bytes) -> None:
+    """Write a shard atomically (temporary beside it, fsync, rename, fsync of the folder).
+
+    Not ``atomic.atomic_write``: that one lists the folder on every call to remove killed runs'
+    temporaries, which costs O(shards) per commit; ``ShardFolder.prepare`` removes them once."""
+    if not _UMASK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        _UMASK.append(mask)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK[0])
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
 
 
 def damaged(path: Path, why: str) -> EmoclipError:
@@ -150,8 +179,8 @@ class CommittedShard:
     seconds: float = 0.0
 
     def to_line(self) -> str:
-        record = {k: v for k, v in asdict(self).items() if k != "path"}
-        record["file"] = self.path.name
+        record = {k: v for k, v in asdict(self).items() if k not in ("path", "index")}
+        record.update(shard=self.index, file=self.path.name)
         return json.dumps(record, sort_keys=True, allow_nan=False) + "\n"
 
 

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emoclip.core.atomic import atomic_write, atomic_write_bytes, fsync_dir
+from emoclip.core.atomic import atomic_write
 from emoclip.core.errors import EmoclipError
 from emoclip.tagging.inputs import InputSet, Item, Loaded, tag_items
 from emoclip.tagging.manifest import (
@@ -54,6 +54,7 @@ from emoclip.tagging.manifest import (
     folder_state,
     shard_file_name,
     write_manifest,
+    write_shard_file,
 )
 
 if TYPE_CHECKING:
@@ -291,8 +292,7 @@ class ShardFolder:
         if self._log is None:
             raise RuntimeError("commit() before prepare()")
         path = self.shard_path(result.index)
-        atomic_write_bytes(path, result.parquet)
-        fsync_dir(self.folder)
+        write_shard_file(path, result.parquet)
         entry = CommittedShard(result.index, path, result.index * self.manifest["shard_size"], result.rows,
                                result.errors, len(result.parquet), hashlib.sha256(result.parquet).hexdigest(),
                                round(result.seconds, 3))
