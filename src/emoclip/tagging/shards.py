@@ -484,8 +484,8 @@ def merge_shards(folder: str | Path, output: str | Path, fmt: str | None = None)
     import pyarrow.parquet as pq
 
     folder, output = Path(folder).expanduser(), Path(output)
-    fmt = _merge_format(fmt, output)
     _check_outside(folder, output)
+    fmt = _merge_format(fmt, output)
     state = folder_state(folder)
     total = state.shards
     for index, reason in state.damaged.items():
