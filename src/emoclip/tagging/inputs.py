@@ -38,7 +38,7 @@ CAPTION_EXTENSIONS = ("txt", "json")  # in order of preference
 DEFAULT_PATH_COLUMN = "path"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: ~300 bytes less per item (10 M-path jobs)
 class Item:
     """One input image: a local file (``path``) or a tar member (``tar`` at ``offset``, ``size`` bytes)."""
 

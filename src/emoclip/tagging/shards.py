@@ -69,6 +69,7 @@ __all__ = ["COMMITS_NAME", "MANIFEST_NAME", "ORDER_COLUMN", "CommittedShard", "S
            "committed_shards", "merge_shards", "run_sharded", "shard_file_name", "tag_shard"]
 
 DEFAULT_SHARD_SIZE = 1000
+RAY_LOG_NAME = "_emoclip_ray.log"  # Ray's own log lines (ray_engine.ray_logs_to_file), without -v
 # Options that change how fast rows come, never what they are: a resumed job may change them.
 RUNTIME_ONLY_OPTIONS = frozenset({"workers", "cache_dir", "no_cache"})
 
@@ -190,7 +191,7 @@ def _exclusive(folder: Path) -> Iterator[None]:
 
 def _ours(name: str) -> bool:
     """Files emoclip writes into a shard folder (what --overwrite may remove)."""
-    return name in (MANIFEST_NAME, COMMITS_NAME, LOCK_NAME) or bool(SHARD_FILE.match(name))
+    return name in (MANIFEST_NAME, COMMITS_NAME, LOCK_NAME, RAY_LOG_NAME) or bool(SHARD_FILE.match(name))
 
 
 class ShardFolder:
