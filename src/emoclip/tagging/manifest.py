@@ -36,6 +36,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ MIN_NAME_DIGITS = 5
 ORDER_COLUMN = "row"
 SHARD_FILE = re.compile(rf"^{re.escape(SHARD_PREFIX)}\d+{re.escape(SHARD_SUFFIX)}$")
 HASH_BLOCK = 1 << 20
+VERIFY_THREADS = 8
 
 
 def name_digits(shards: int) -> int:
@@ -297,12 +299,13 @@ def folder_state(folder: str | Path, check_files: bool = True) -> FolderState:
     manifest = read_manifest(folder)
     entries, good = read_log(folder, manifest)
     bad: dict[int, str] = {}
-    if check_files:
-        for index, entry in list(entries.items()):
-            reason = verify(entry)
+    if check_files:  # file reads and hashing release the GIL: a few threads overlap them
+        with ThreadPoolExecutor(max_workers=VERIFY_THREADS) as pool:
+            reasons = list(pool.map(verify, entries.values(), chunksize=64))
+        for entry, reason in zip(list(entries.values()), reasons, strict=True):
             if reason:
-                bad[index] = reason
-                del entries[index]
+                bad[entry.index] = reason
+                del entries[entry.index]
     return FolderState(folder, manifest, dict(sorted(entries.items())), bad, good)
 
 
