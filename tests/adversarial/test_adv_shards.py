@@ -192,3 +192,32 @@ def test_merge_writes_every_row_once_in_input_order(job, images, tmp_path):
     assert cli("merge", job, "-o", tmp_path / "all.jsonl").status == 0
     merged = [json.loads(line)["path"] for line in (tmp_path / "all.jsonl").read_text().splitlines()]
     assert merged == [str(images / f"{i}.jpg") for i in range(7)]
+
+
+NO_TORCH = """
+import sys
+from emoclip.cli.main import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+assert "torch" not in sys.modules and "open_clip" not in sys.modules, "torch was imported"
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("case", ["merge", "refused resume", "damaged manifest"])
+def test_merge_and_refusals_never_import_torch(case, job, images, tmp_path):
+    """`merge`, a refused resume and a damaged-folder refusal answer before the seconds-long torch import."""
+    import subprocess
+    import sys
+
+    if case == "damaged manifest":
+        (job / MANIFEST).write_text("[]")
+    args = {"merge": ["merge", job, "-o", tmp_path / "all.parquet"],
+            "refused resume": ["predict", images, *JOB, "--top-k", "1", "--output-dir", job],
+            "damaged manifest": ["predict", images, *JOB, "--output-dir", job]}[case]
+    done = subprocess.run([sys.executable, "-c", NO_TORCH, *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == (0 if case == "merge" else 2), done.stderr
+    assert "Traceback" not in done.stderr
