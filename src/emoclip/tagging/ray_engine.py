@@ -229,8 +229,16 @@ def run_ray(job: ShardJob, progress: ShardProgress, ray_address: str | None = No
             log.info("starting Ray (%s)", address or "local")
             if address is None:
                 guard = RayGuard()
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                     configure_logging=False)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING, configure_logging=False)
+            except Exception as exc:  # e.g. the GCS did not come up in time on an overloaded machine
+                if guard:
+                    guard.close()
+                lines = str(exc).strip().splitlines()
+                raise EmoclipError(f"Ray could not start ({lines[-1][:300] if lines else type(exc).__name__}); "
+                                   "retry, or start it yourself (`ray start --head`) and pass --ray-address auto"
+                                   ) from None
             if guard:
                 guard.report()
         try:
