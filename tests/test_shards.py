@@ -331,3 +331,21 @@ def test_resume_is_bit_identical_with_a_warm_cold_or_changed_cache_vit_b32(tmp_p
         _cut_after_first_shard(reference, resumed)
         job(resumed, **options)
         assert_identical(read_dir(resumed), expected)
+
+
+def test_progress_counts_every_image_exactly_at_batch_boundaries(forty, tmp_path):
+    """Shards that end on a batch boundary (8 = 2 batches of 4) once lost one image each (225/240)."""
+    from emoclip.tagging.config import TaggerConfig, build_tagger
+    from emoclip.tagging.inputs import collect_inputs
+    from emoclip.tagging.shards import ShardLayout, tag_shard
+
+    config = TaggerConfig(model="tiny", pretrained="random", device="cpu", precision="fp32", batch_size=4,
+                          cache_dir=str(tmp_path / "cache"))
+    tagger = build_tagger(config)
+    items = collect_inputs([str(forty)]).items
+    layout = ShardLayout.for_tagger(tagger)
+    for attempt in ("cold cache", "warm cache"):
+        counted: list[int] = []
+        for index in range(0, 40, 8):
+            tag_shard(tagger, layout, index // 8, items[index:index + 8], progress=counted.append, first_row=index)
+        assert sum(counted) == 40, attempt
