@@ -2,18 +2,25 @@
 
 The dataset has one row per shard still to do (``shards.ShardFolder.todo``). Ray tasks read each
 shard's inputs — file bytes, or tar members by offset — so I/O scales with the cluster; an actor
-pool, each actor holding one model built by ``tagging.build_tagger(TaggerConfig.from_dict(…))``,
-runs ``shards.tag_shard`` on them: the very function and Tagger the single-process engine runs, so
-decoding, preprocessing and classification have one implementation. Images travel between the
-read tasks and the actors as their compressed bytes (a few times smaller than decoded pixels);
-the actor decodes them in its Tagger's thread pool, overlapped with encoding, exactly as the CLI
-does. Each actor returns its shard as Parquet bytes and the driver commits it with the same
-protocol and manifest, so the resume rules are those of the single-process engine, and a resumed
-job may even switch engines.
+pool, each actor holding one model built once by ``tagging.build_tagger(TaggerConfig.from_dict(…))``
+and reused for every shard it gets, runs ``shards.tag_shard`` on them: the very function and Tagger
+the single-process engine runs, so decoding, preprocessing and classification have one
+implementation. Images travel between the read tasks and the actors as their compressed bytes;
+the actor decodes them in its Tagger's thread pool, overlapped with encoding, as the CLI does.
 
-A shard's rows come from one ``Tagger.tag`` call over the same items in both engines, so they are
-computed from the same encoder batches; they match the single-process rows up to the float
-rounding of a different torch thread count inside an actor (tests allow 1e-6 on probabilities).
+The driver builds no model: each actor reports, with every shard, the encoder identity and the
+column layout of the model it really runs, and the driver records them in the manifest (first
+shard) and refuses a shard of another encoder or layout. It commits each shard with the same
+protocol and commit log as the single-process engine, so the resume rules are the same, and a
+resumed job may even switch engines. An actor runs torch with one thread per CPU it reserves
+(``actor_threads``): more would fight the other actors for cores.
+
+A local Ray started here is guarded (``ray_reaper``): its processes end with the driver even after
+``kill -9``. Ray's own Python log lines go to ``DIR/_emoclip_ray.log`` unless ``-v``.
+
+A shard's rows come from one ``Tagger.tag`` call over the same items, in the same fixed batches,
+in both engines; they match the single-process rows up to the float rounding of a different torch
+thread count inside an actor (tests allow 1e-6 on probabilities).
 """
 
 from __future__ import annotations
