@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=32)
     parser.add_argument("--actors", type=int, default=None, help="Ray actors (default: the engine's choice)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0)
+    parser.add_argument("--precision", default="fp32",
+                        help="pinned, so both engines run the same kernels ('auto' may resolve per thread count)")
     args = parser.parse_args()
 
     import pandas as pd
@@ -132,7 +134,7 @@ def main() -> None:
     synthesise(images, args.n)
     inputs = collect_inputs([str(images)])
     shards = -(-args.n // args.shard_size)
-    config = TaggerConfig(model=args.model, pretrained="random", device="cpu", no_cache=True)
+    config = TaggerConfig(model=args.model, pretrained="random", device="cpu", no_cache=True, precision=args.precision)
     job = {"shard_size": args.shard_size, "progress": False}
     print(f"{args.n} synthesised 320x240 JPEGs, {args.model} (random weights), shards of {args.shard_size}, "
           f"{os.cpu_count()} CPUs; {cpu_info().model}")
@@ -164,7 +166,8 @@ def main() -> None:
 
     out = work / "killed"
     command = [sys.executable, "-c", "from emoclip.cli.main import main; main()", "predict", str(images),
-               "--model", args.model, "--pretrained", "random", "--device", "cpu", "--no-cache",
+               "--model", args.model, "--pretrained", "random", "--device", "cpu", "--precision", args.precision,
+               "--no-cache",
                "--shard-size", str(args.shard_size), "--no-progress", "--output-dir", str(out)]
     ran = kill_at_half(command, out, shards)
     done_before = committed(out)
