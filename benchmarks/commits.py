@@ -2,7 +2,7 @@
 
 Runs the real commit path (``ShardFolder.prepare`` then ``ShardFolder.commit``: the shard file
 written atomically, one line appended to the commit log) for N shards of a small fixed Parquet
-payload, with no model. It reports the mean time of the first and of the last 1,000 commits, the
+payload, with no model. It reports the median time of the first and of the last 1,000 commits, the
 total, the one-pass read + verification of the finished folder (``manifest.folder_state``: what a
 resume or ``merge`` does), and, for comparison, one rewrite of a manifest listing every shard (what
 each commit cost before the commit log).
@@ -89,8 +89,8 @@ def main() -> None:
         return cpu_info().kind
 
     window = min(args.window, max(1, args.shards // 2))
-    first = statistics.mean(times[:window]) * 1000
-    last = statistics.mean(times[-window:]) * 1000
+    first = statistics.median(times[:window]) * 1000  # median: a page-cache writeback stall is not a trend
+    last = statistics.median(times[-window:]) * 1000
     print(f"shards={args.shards} first_commit_ms={first:.3f} last_commit_ms={last:.3f} total_s={total:.1f} "
           f"read_verify_s={read_verify:.2f} old_manifest_rewrite_ms={old_ms:.0f} fsync={args.fsync} "
           f"cpu={cpu_kind()}")
