@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from emoclip.encoder.cache import FeatureCache, compute_features, content_digest
+from emoclip.encoder.cache import FeatureCache, batch_keys, compute_features, content_digest
 from tests.conftest import assert_close_features, noise_image
 
 
@@ -51,14 +51,15 @@ def test_corrupt_or_partial_entries_are_misses(tiny, photo_folder, tmp_path, sha
     paths = sorted(photo_folder.rglob("*.jpg"))[:2]
     cache = FeatureCache(tmp_path, tiny)
     stored = compute_features(tiny, paths, cache, batch_size=shake)
-    entry = cache._entry(content_digest(paths[0]))
+    first_batch = [content_digest(p) for p in paths[:shake]]
+    entry = cache._entry(batch_keys(first_batch, tiny_max_pixels())[0])
     entry.write_bytes(entry.read_bytes()[:10])  # as if cut off mid-write by another tool
     (entry.parent / f".{entry.stem}.123.tmp").write_bytes(b"\0" * 7)  # a killed writer's leftover
     again = compute_features(tiny, paths, FeatureCache(tmp_path, tiny), batch_size=shake)
-    assert (again.hits, again.misses) == (1, 1)
-    assert np.array_equal(again.features[1], stored.features[1])  # the hit: the stored bytes, by construction
-    # the miss is re-encoded in a batch of its own, another computation than the batch it was stored from
-    assert_close_features(again.features, compute_features(tiny, paths, None).features)
+    # the damaged entry's whole batch is a miss and is encoded again, whole: the same computation
+    hit = 1 if shake == 1 else 0
+    assert (again.hits, again.misses) == (hit, 2 - hit)
+    assert np.array_equal(again.features, stored.features)
 
 
 @pytest.mark.slow
@@ -80,11 +81,20 @@ def test_two_processes_writing_at_once(tiny, tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", script]) for _ in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     paths = sorted(folder.glob("*.png"))
-    warm = compute_features(tiny, paths, FeatureCache(tmp_path / "cache", tiny))
+    warm = compute_features(tiny, paths, FeatureCache(tmp_path / "cache", tiny), batch_size=4)
     assert warm.hits == len(paths)
-    # the processes encoded in batches of 4, the direct computation in batches of 16: a tolerance
-    assert_close_features(warm.features, compute_features(tiny, paths, None).features)
+    # the processes encoded the same batches of 4: the same bytes, by construction
+    assert np.array_equal(warm.features, compute_features(tiny, paths, None, batch_size=4).features)
+    other_batches = compute_features(tiny, paths, FeatureCache(tmp_path / "cache", tiny))
+    assert other_batches.hits == 0  # batches of 16 hold other company: never served from batches of 4
+    assert_close_features(other_batches.features, warm.features)
     assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def tiny_max_pixels() -> int:
+    from emoclip.encoder.decode import DEFAULT_MAX_PIXELS
+
+    return DEFAULT_MAX_PIXELS
 
 
 def test_copied_file_is_a_hit(tiny, photo_folder, tmp_path):

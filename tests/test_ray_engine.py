@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import pytest
 
 from emoclip.tagging.config import TaggerConfig
 from emoclip.tagging.inputs import collect_inputs
 from emoclip.tagging.shards import run_sharded
 from tests.conftest import TINY_CLI, run_cli
-from tests.test_shards import assert_identical, cli_command, forty, kill_after_first_shard, read_dir  # noqa: F401
+from tests.test_shards import COMMITS, assert_identical, cli_command, forty, kill_after_first_shard, read_dir  # noqa: F401
 
 ray = pytest.importorskip("ray")
 pd = pytest.importorskip("pandas")
@@ -22,6 +25,62 @@ PROBABILITY_ATOL = 1e-6
 CONFIG = TaggerConfig(model="tiny", pretrained="random", device="cpu", precision="fp32", no_cache=True, batch_size=2)
 JOB = {"shard_size": 3, "save_features": True, "progress": False}
 RAY_OPTIONS = {"actors": 2, "cpus_per_actor": 0.5}  # 2 actors + the read tasks fit in 2 CPUs
+
+
+def test_a_killed_driver_leaves_no_ray_process_behind(forty, tmp_path):  # noqa: F811
+    """kill -9 of a driver that started its own local Ray: every process it started ends (ray_reaper).
+    First in the module, before the shared local Ray exists, so the driver starts its own."""
+    import os
+    import signal
+    import subprocess
+
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "out"
+    command = cli_command("predict", forty, *TINY_CLI, "--precision", "fp32", "--no-cache", "--shard-size", "3",
+                          "--engine", "ray", "--ray-actors", "1", "--ray-cpus-per-actor", "1", "--output-dir", out)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    started: list = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / COMMITS).exists() and (out / COMMITS).read_bytes().endswith(b"\n"):
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, process.stderr.read()
+        started = [(p, _command_line(p)) for p in psutil.Process(process.pid).children(recursive=True)]
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+        process.stderr.close()
+    assert any("raylet" in line for _, line in started), "the driver must have run its own Ray"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(_running(p) for p, _ in started):
+        time.sleep(0.5)
+    alive = [line[:80] for p, line in started if _running(p)]
+    for p, _ in started:  # never leave them to the next test, whatever the outcome
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    assert not alive, f"still running after the driver was killed: {alive}"
+
+
+def _command_line(process) -> str:
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _running(process) -> bool:
+    """Alive and not a zombie (a zombie has ended; in a container nobody may reap it)."""
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ pd = pytest.importorskip("pandas")
 pq = pytest.importorskip("pyarrow.parquet")
 
 MANIFEST = "_emoclip_manifest.json"
+COMMITS = "_emoclip_commits.jsonl"
 # Tar members and files run the same decoder on the same bytes, but may sit in other encoder batches
 # (error rows shift them), so their probabilities agree to float rounding of another batch shape
 # (see FEATURE_ATOL); rows are rounded to 6 digits, so 1e-5 allows one unit of rounding either way.
@@ -63,9 +64,9 @@ def kill_after_first_shard(command: list[str], out: Path, timeout: float = 300) 
     try:
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                if json.loads((out / MANIFEST).read_text())["done"]:
+                if (out / COMMITS).read_bytes().endswith(b"\n"):
                     break
-            except (FileNotFoundError, ValueError, KeyError):
+            except FileNotFoundError:
                 pass
             time.sleep(0.02)
         assert process.poll() is None, f"the job ended before it could be killed: {process.stderr.read()!r}"
@@ -73,8 +74,10 @@ def kill_after_first_shard(command: list[str], out: Path, timeout: float = 300) 
     finally:
         process.wait()
         process.stderr.close()
-    manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["done"] and not manifest["complete"], "kill -9 must land mid-job for this test to mean anything"
+    from emoclip.tagging.manifest import folder_state
+
+    state = folder_state(out)
+    assert state.committed and not state.complete, "kill -9 must land mid-job for this test to mean anything"
 
 
 @pytest.fixture
@@ -138,6 +141,8 @@ def test_merge_writes_one_file_in_input_order(forty, tmp_path):
     assert run_cli("predict", forty, *TINY_CLI, "--no-cache", "--shard-size", "7", "--output-dir", out).exit_code == 1
     shards = read_dir(out)
     assert list(shards.path) == sorted(str(p) for p in forty.iterdir())
+    assert list(shards.row) == list(range(41))  # the ordering column: each row's position in the inputs
+    shards = shards.drop(columns="row")  # merge writes the columns of `predict -o FILE`, in row order
     assert run_cli("merge", out, "-o", tmp_path / "all.parquet").exit_code == 0
     assert_identical(pd.read_parquet(tmp_path / "all.parquet"), shards)
     assert run_cli("merge", out, "-o", tmp_path / "all.csv").exit_code == 0
@@ -272,3 +277,77 @@ def test_ray_is_imported_only_for_the_ray_engine():
     code = ("import sys, emoclip.cli.main, emoclip.tagging.shards, emoclip.tagging.inputs; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def _cut_after_first_shard(reference: Path, folder: Path) -> None:
+    """The exact state a kill -9 after shard 0's commit leaves (test_kill_9_… kills for real): shard 0
+    and its log line; later shard files and lines never written."""
+    shutil.copytree(reference, folder)
+    lines = (folder / COMMITS).read_text().splitlines(keepends=True)
+    (folder / COMMITS).write_text(lines[0])
+    for path in sorted(folder.glob("part-*.parquet"))[1:]:
+        path.unlink()
+
+
+def test_resume_is_bit_identical_with_a_warm_cold_or_changed_cache_vit_b32(tmp_path, monkeypatch, one_thread):
+    """Rows never depend on the feature cache: a ViT-B-32-sized model (random weights) resumed after
+    shard 0 with the cache the first run filled, with none, and with one filled by other batches of
+    the same images gives the uninterrupted run's bytes (batches are fixed slices of the inputs)."""
+    from emoclip.tagging import config as config_module
+    from emoclip.tagging.config import TaggerConfig, build_tagger, open_cache
+    from emoclip.tagging.inputs import collect_inputs
+    from emoclip.tagging.shards import run_sharded
+    from emoclip.tagging.tagger import Tagger
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(10):
+        noise_image(40 + 8 * i, 48, seed=500 + i).save(images / f"{i:02d}.jpg", quality=90)
+    built: dict[str, Tagger] = {}
+
+    def build_once(config: TaggerConfig, backbone=None) -> Tagger:  # one ViT-B-32 for the whole test
+        if "tagger" not in built:
+            built["tagger"] = build_tagger(config.replace(no_cache=True))
+        first = built["tagger"]
+        return Tagger(first.backbone, first.classifier, top_k=config.top_k, batch_size=config.batch_size,
+                      workers=config.workers, max_pixels=config.max_pixels, cache=open_cache(config, first.backbone))
+
+    monkeypatch.setattr(config_module, "build_tagger", build_once)
+    base = TaggerConfig(model="ViT-B-32", pretrained="random", device="cpu", precision="fp32", batch_size=4,
+                        workers=1)
+    inputs = collect_inputs([str(images)])
+
+    def job(out: Path, **options) -> None:
+        run_sharded(base.replace(**options), inputs, out, shard_size=4, save_features=True, progress=False)
+
+    reference, warm = tmp_path / "reference", tmp_path / "warm-cache"
+    job(reference, no_cache=True)
+    job(tmp_path / "filled", cache_dir=str(warm))  # fills the cache with this job's batches
+    other = tmp_path / "other-cache"  # filled by other batches of the same images (batches of 3)
+    run_sharded(base.replace(cache_dir=str(other), batch_size=3), inputs, tmp_path / "other-job", shard_size=3,
+                progress=False)
+    expected = read_dir(reference)
+    for name, options in {"warm": {"cache_dir": str(warm)}, "none": {"no_cache": True},
+                          "changed": {"cache_dir": str(other)}}.items():
+        resumed = tmp_path / f"resumed-{name}"
+        _cut_after_first_shard(reference, resumed)
+        job(resumed, **options)
+        assert_identical(read_dir(resumed), expected)
+
+
+def test_progress_counts_every_image_exactly_at_batch_boundaries(forty, tmp_path):
+    """Shards that end on a batch boundary (8 = 2 batches of 4) once lost one image each (225/240)."""
+    from emoclip.tagging.config import TaggerConfig, build_tagger
+    from emoclip.tagging.inputs import collect_inputs
+    from emoclip.tagging.shards import ShardLayout, tag_shard
+
+    config = TaggerConfig(model="tiny", pretrained="random", device="cpu", precision="fp32", batch_size=4,
+                          cache_dir=str(tmp_path / "cache"))
+    tagger = build_tagger(config)
+    items = collect_inputs([str(forty)]).items
+    layout = ShardLayout.for_tagger(tagger)
+    for attempt in ("cold cache", "warm cache"):
+        counted: list[int] = []
+        for index in range(0, 40, 8):
+            tag_shard(tagger, layout, index // 8, items[index:index + 8], progress=counted.append, first_row=index)
+        assert sum(counted) == 40, attempt

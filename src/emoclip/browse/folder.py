@@ -1,10 +1,9 @@
 """What browsing reads of a shard folder: its committed shards, and the columns they hold.
 
-Everything that knows the folder's on-disk layout (the manifest's name and keys, which shards are
-committed, the shard file names) is in ``committed_shards`` and ``read_manifest`` below, so when the
-manifest becomes an append-only commit log (``tagging.shards.committed_shards``) only these two
-functions change. The rest of ``emoclip.browse`` sees a ``FolderState``: the job's options and
-shard size, and ``(index, path)`` of each committed shard.
+Everything that knows the folder's on-disk layout is in ``committed_shards`` and ``read_manifest``
+below, both reading through ``tagging.manifest`` (the plan and the append-only commit log). The
+rest of ``emoclip.browse`` sees a ``FolderState``: the job's options and shard size, and
+``(index, path)`` of each committed shard.
 
 The manifest is written atomically (rename), but another writer may be replacing it while it is
 read, and a folder may be anything a user typed: a manifest that does not parse is read again a few
@@ -14,15 +13,12 @@ times, then refused with one line; a committed shard whose file is missing is le
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from emoclip.core.errors import EmoclipError
-from emoclip.tagging.shards import MANIFEST_NAME, shard_file_name
 
 log = logging.getLogger("emoclip")
 
@@ -53,7 +49,7 @@ class FolderState:
 
     @property
     def complete(self) -> bool:
-        return bool(self.manifest.get("complete"))
+        return len(self.shards) == self.total_shards
 
     @property
     def total_shards(self) -> int:
@@ -65,47 +61,37 @@ class FolderState:
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The folder's manifest, read whole (retried while a writer replaces it), or a one-line refusal."""
+    """The folder's plan (``tagging.manifest``: written once, checked), or a one-line refusal."""
+    from emoclip.tagging.manifest import read_manifest as read_plan
+
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise EmoclipError(f"'{folder}' is not a folder; give the --output-dir of an `emoclip predict` run")
-    path = folder / MANIFEST_NAME
-    if not path.is_file():
-        raise EmoclipError(f"'{folder}' is not an emoclip shard folder (no {MANIFEST_NAME}); give the --output-dir "
-                           "of an `emoclip predict … --output-dir DIR` run")
-    reason = ""
-    for attempt in range(MANIFEST_RETRIES):
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            reason = str(exc)
-            time.sleep(MANIFEST_RETRY_S * (attempt + 1))
-            continue
-        if not isinstance(manifest, dict) or "emoclip_shards" not in manifest or "shard_size" not in manifest:
-            raise EmoclipError(f"'{path}' is not an emoclip shard manifest; give the --output-dir of an "
-                               "`emoclip predict` run")
-        return manifest
-    raise EmoclipError(f"the manifest '{path}' cannot be read ({reason}): it is being written or is damaged; "
-                       "wait a moment and retry, or rerun the folder's `emoclip predict` command to repair it")
+    return read_plan(folder)
 
 
 def committed_shards(folder: str | Path, manifest: dict[str, Any]) -> tuple[list[tuple[int, Path]], list[str]]:
     """``(index, path)`` of every committed shard, in index order, and what is wrong with the others.
 
-    The one place that knows which shards count as committed (today: the manifest's ``done`` map)."""
-    folder = Path(folder).expanduser()
+    The commit log (``tagging.manifest``) says what is committed; each file is checked to exist with
+    its committed size on every read (cheap: no hashing per page request — ``emoclip merge`` and a
+    resume verify the digests)."""
+    from emoclip.tagging.manifest import folder_state
+
+    state = folder_state(folder, check_files=False)
     shards, problems = [], []
-    done = manifest.get("done") or {}
-    for key in sorted(done, key=lambda k: int(k) if str(k).isdigit() else -1):
-        if not str(key).isdigit():
-            problems.append(f"manifest entry '{key}' is not a shard number; ignored")
-            continue
-        path = folder / shard_file_name(int(key))
-        if not path.is_file():
-            problems.append(f"shard {key} is committed but {path.name} is missing; rerun the folder's "
+    for index, entry in state.committed.items():
+        try:
+            size = entry.path.stat().st_size
+        except OSError:
+            problems.append(f"shard {index} is committed but {entry.path.name} is missing; rerun the folder's "
                             "`emoclip predict` command to recompute it")
             continue
-        shards.append((int(key), path))
+        if size != entry.bytes:
+            problems.append(f"shard {index} ({entry.path.name}) changed since its commit; rerun the folder's "
+                            "`emoclip predict` command to recompute it")
+            continue
+        shards.append((index, entry.path))
     return shards, problems
 
 

@@ -60,17 +60,18 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
 
     config = tagger_config(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, precision,
                            decode, cache_dir, no_cache, top_k=top_k, also=tuple(also) or None, batch_size=batch_size,
-                     workers=workers, max_pixels=max_pixels, multi=multi)
+                           workers=workers, max_pixels=max_pixels, multi=multi)
     preflight(config)
     from tqdm import tqdm
 
     from emoclip.tagging.inputs import collect_inputs, iter_tagged, refuse_output_among_inputs
-    from emoclip.tagging.writers import choose_format, open_writer
 
     started = time.perf_counter()
-    if output_dir:
+    if output_dir:  # shards.run_sharded refuses a folder of another job before torch is imported
         return _predict_sharded(config, collect_inputs(paths, files_from, path_column), output_dir, output, progress,
                                 **scale)
+    from emoclip.tagging.writers import choose_format, open_writer  # imports torch (through the Tagger)
+
     if scale["engine"] != "local" or scale["save_features"]:
         raise EmoclipError("--engine ray and --save-features write Parquet shards; give --output-dir DIR")
     fmt = choose_format(fmt, output)

@@ -5,8 +5,11 @@ Layout: ``<cache_dir>/<backbone-key>/<aa>/<content-digest>.f32`` where
 - the backbone key hashes the encoder spec (encoder_spec.py: architecture, the weights' identity
   — tag, seed, or the SHA-256 of a weights file —, preprocessing, decode mode, precision) and the
   decoder version: another backbone, decoding or number format can never read these features;
-- the content digest is a BLAKE2b hash of the image file's bytes: a changed file has a new key,
-  and a moved or copied file is still a hit.
+- the entry key is a BLAKE2b hash of the image file's bytes *and of its encoder batch* (the
+  digests of the batch's images in order, its position there, the pixel limit: ``batch_keys``).
+  A feature depends, in its last bits, on the batch it was computed in, and batches are fixed
+  slices of the input list, so a hit is exactly what recomputing would give: rows never depend on
+  the cache. A changed file has a new key; a moved or copied file in the same batch is still a hit.
 
 Each entry is raw float32 written to a temporary file (in ``<backbone-key>/tmp``) and renamed into
 place, so a killed run leaves no partial entry and two processes writing at once both produce whole
@@ -35,15 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from emoclip.core.atomic import atomic_write_text, pid_alive
-from emoclip.core.errors import ImageDecodeError
 from emoclip.encoder.backbone import Backbone
-from emoclip.encoder.decode import DEFAULT_MAX_PIXELS, ImageBytes, ImageSource, as_source, check_header
-from emoclip.encoder.pipeline import DEFAULT_BATCH_SIZE, default_workers, iter_encoded
+from emoclip.encoder.decode import DEFAULT_MAX_PIXELS, ImageBytes, ImageSource, as_source
+from emoclip.encoder.pipeline import DEFAULT_BATCH_SIZE, default_workers, image_batch_size, iter_encoded
 
 log = logging.getLogger("emoclip")
 
 # Bump when decoding or preprocessing code changes what features an image gets.
-DECODER_VERSION = 1
+DECODER_VERSION = 2  # 2: entries keyed by content and batch (batch_keys)
 CACHE_ENV = "EMOCLIP_CACHE_DIR"
 
 
@@ -153,23 +155,23 @@ class FeatureTable:
     misses: int = 0
 
 
-def _refused_hits(backbone: Backbone, items: Sequence[ImageSource], cached: Sequence[np.ndarray | None],
-                  max_pixels: int | None, workers: int | None) -> dict[int, str]:
-    """The cache hits that decoding would refuse now (``--max-pixels``, the resized shape, the file's
-    kind), with decoding's reason: a hit answers exactly as a miss would (header reads only)."""
-    hits = [i for i, c in enumerate(cached) if c is not None]
+def batch_keys(digests: Sequence[str | None], max_pixels: int | None) -> list[str] | None:
+    """Cache keys of one fixed encoder batch, or None when an item cannot be keyed (unreadable).
 
-    def reason(i: int) -> str | None:
-        try:
-            check_header(items[i], max_pixels, backbone.spec.input_size)
-        except ImageDecodeError as exc:
-            return str(exc)
+    A feature depends on the batch it was encoded in (the kernels block a batch of 16 differently
+    from a batch of 3), so an entry is keyed by the image's content *and* its batch: every digest of
+    the batch in order, the item's position and the pixel limit (which decides what the batch holds).
+    A hit is then exactly the bytes this batch would compute again."""
+    known = [d for d in digests if d is not None]
+    if len(known) != len(digests):
         return None
-
-    if not hits:
-        return {}
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        return {i: r for i, r in zip(hits, pool.map(reason, hits), strict=True) if r is not None}
+    context = hashlib.blake2b(f"{max_pixels}\0{len(known)}\0{'|'.join(known)}".encode(), digest_size=16)
+    keys = []
+    for position, digest in enumerate(digests):
+        key = context.copy()
+        key.update(f"\0{position}\0{digest}".encode())
+        keys.append(key.hexdigest())
+    return keys
 
 
 def iter_features(backbone: Backbone, paths: Sequence[str | Path | ImageBytes], cache: FeatureCache | None = None,
@@ -177,49 +179,55 @@ def iter_features(backbone: Backbone, paths: Sequence[str | Path | ImageBytes], 
                   max_pixels: int | None = DEFAULT_MAX_PIXELS,
                   progress: Callable[[int], None] | None = None
                   ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
-    """Yield ``(index, feature, error)`` for every path in order: cached features first-class,
-    the rest decoded in parallel, encoded in batches, and stored."""
+    """Yield ``(index, feature, error)`` for every path in order.
+
+    The encoder batches are fixed slices of ``paths`` (``[k*B, (k+1)*B)``), whatever the cache
+    holds: a batch whose every entry is cached (``batch_keys``) is read from the cache, any other is
+    decoded and encoded whole, with the same checks (pixel limit, type) as without a cache. So the
+    features — and the rows made from them — never depend on the cache's state."""
     items = [as_source(p) for p in paths]
-    refused: dict[int, str] = {}
-    if cache is None:
-        keys: list[str | None] = [None] * len(items)
-        cached: list[np.ndarray | None] = [None] * len(items)
-    else:
-        with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-            keys = list(pool.map(content_digest, items))
-        cached = [cache.get(k) if k else None for k in keys]
-        cache.hits += sum(c is not None for c in cached)
-        cache.misses += sum(c is None for c in cached)
-        refused = _refused_hits(backbone, items, cached, max_pixels, workers)
-    missing = [i for i, c in enumerate(cached) if c is None]
+    size = image_batch_size(backbone, batch_size)
     if cache is not None and cache.spec != backbone.spec:
         raise ValueError(f"the feature cache was opened for another encoder spec ({cache.spec}) than the "
                          f"backbone's ({backbone.spec})")
-    encoded = iter_encoded(backbone, [items[i] for i in missing], batch_size, workers, max_pixels)
-    fresh: dict[int, tuple[np.ndarray | None, str | None]] = {}
-    cursor = 0
-    for i in range(len(items)):
-        if cached[i] is not None:
-            yield (i, None, refused[i]) if i in refused else (i, cached[i], None)
-            if progress:
-                progress(1)
-            continue
-        while i not in fresh:
+    starts = range(0, len(items), size)
+    keys: list[list[str] | None] = [None] * len(starts)
+    cached: list[list[np.ndarray] | None] = [None] * len(starts)
+    if cache is not None:
+        with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+            digests = list(pool.map(content_digest, items))
+        for b, start in enumerate(starts):
+            batch_key = keys[b] = batch_keys(digests[start:start + size], max_pixels)
+            if batch_key is not None:
+                found = [cache.get(k) for k in batch_key]
+                hits = [f for f in found if f is not None]
+                cached[b] = hits if len(hits) == len(found) else None
+        hit = sum(len(c) for c in cached if c is not None)
+        cache.hits += hit
+        cache.misses += len(items) - hit
+    missed = [b for b in range(len(starts)) if cached[b] is None]
+    # Missed batches are whole fixed batches and only the last can be short, so encoding them one
+    # after the other in batches of `size` gives exactly those batches (with decoding prefetched).
+    encoded = iter_encoded(backbone, [item for b in missed for item in items[starts[b]:starts[b] + size]],
+                           size, workers, max_pixels)
+    for b, start in enumerate(starts):
+        count = min(size, len(items) - start)
+        hit_batch, batch_key = cached[b], keys[b]
+        if hit_batch is not None:
+            entries: list[tuple[np.ndarray | None, str | None]] = [(f, None) for f in hit_batch]
+        else:
             batch = next(encoded)
             features = batch.features.numpy()
+            entries = [(None, batch.errors.get(j, "unknown error")) for j in range(count)]
             for row, j in enumerate(batch.ok):
-                index = missing[cursor + j]
-                fresh[index] = (features[row], None)
-                key = keys[index]
-                if cache is not None and key:
-                    cache.put(key, features[row])
-            for j, reason in batch.errors.items():
-                fresh[missing[cursor + j]] = (None, reason)
-            cursor += len(batch.paths)
-        feature, error = fresh.pop(i)
-        yield i, feature, error
-        if progress:
-            progress(1)
+                entries[j] = (features[row], None)
+            if cache is not None and batch_key is not None and not batch.errors:
+                for j in range(count):
+                    cache.put(batch_key[j], features[j])
+        for j, (feature, error) in enumerate(entries):
+            if progress:  # before the yield: a consumer that stops at the last row still counted it
+                progress(1)
+            yield start + j, feature, error
 
 
 def compute_features(backbone: Backbone, paths: Sequence[str | Path | ImageBytes], cache: FeatureCache | None = None,

@@ -63,7 +63,7 @@ _MEMBER_KINDS = (("issym", "a symbolic link"), ("islnk", "a hard link"), ("ischr
                  ("isblk", "a block device"), ("isfifo", "a named pipe (FIFO)"), ("issparse", "a sparse file"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: ~300 bytes less per item (10 M-path jobs)
 class Item:
     """One input image: a local file (``path``) or a tar member (``tar`` at ``offset``, ``size`` bytes)."""
 
