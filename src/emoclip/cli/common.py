@@ -12,6 +12,7 @@ from collections.abc import Callable
 import click
 
 from emoclip.core.errors import EmoclipError, explain, shorten
+from emoclip.encoder.precision import PRECISIONS  # no torch: precision.py imports it lazily
 
 EXIT_SOME_FAILED = 1
 
@@ -73,11 +74,19 @@ def speed_options(precision: str | None, decode: str | None) -> Callable[[Callab
                                 help="draft: JPEGs at least twice the model input decode at reduced size (fast on "
                                      "photos, pixels differ slightly); full: exact.")(func)
         fallback = "" if precision else " [default: fp32, or the config's backbone.precision]"
-        return click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=precision,
+        return click.option("--precision", type=click.Choice(PRECISIONS), default=precision,
                             show_default=precision is not None, envvar="EMOCLIP_PRECISION",
                             help="Image encoder number format; auto: bf16 where this CPU measurably runs it faster, "
-                                 "fp16 on CUDA, else fp32." + fallback)(func)
+                                 "fp16 on CUDA, else fp32; int8: quantized with OpenVINO (CPU, the int8 extra, "
+                                 "calibrated on --calibration or the job's first images)." + fallback)(func)
     return add
+
+
+def calibration_option(func: Callable) -> Callable:
+    """--calibration: the images that calibrate --precision int8 (predict, evaluate, serve)."""
+    return click.option("--calibration", multiple=True, type=click.Path(exists=True), metavar="PATH",
+                        help="--precision int8: images (files or folders, repeatable) whose activations calibrate "
+                             "the quantized encoder; default: the first images of the job.")(func)
 
 
 def taxonomy_options(func: Callable) -> Callable:
