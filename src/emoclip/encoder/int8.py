@@ -158,15 +158,22 @@ def _sha256(path: Path) -> str:
 
 
 class Int8ImageEncoder:
-    """The compiled int8 image tower: pixels (B × 3 × H × W, float) → raw float32 features (B × D)."""
+    """The compiled int8 image tower: pixels (B × 3 × H × W, float) → raw float32 features (B × D).
 
-    def __init__(self, model_xml: Path, threads: int | None = None) -> None:
+    Built from the model's bytes in memory — the very bytes whose digest was checked — never from
+    the file path: OpenVINO memory-maps a weights file, so a file changed after the check would
+    change the running model."""
+
+    def __init__(self, files: dict[str, bytes], threads: int | None = None) -> None:
+        import numpy as np
         import openvino
         import torch
 
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
                                   "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
-        self.compiled = openvino.Core().compile_model(str(model_xml), "CPU", config)
+        core = openvino.Core()
+        weights = openvino.Tensor(np.frombuffer(files["model.bin"], dtype=np.uint8).copy())
+        self.compiled = core.compile_model(core.read_model(files["model.xml"], weights), "CPU", config)
         self._lock = threading.Lock()  # one infer request: the service's model thread and Ray actors are serial
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -185,16 +192,21 @@ def _normalized(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features.float(), dim=-1)
 
 
-def _read_entry(entry: Path) -> Int8Report | None:
-    """A verified cache entry's report, or None (missing, damaged, or files that do not match)."""
-    from safetensors.torch import load_file
+def _read_files(entry: Path) -> dict[str, bytes]:
+    return {name: (entry / name).read_bytes() for name in _FILES}
+
+
+def _read_entry(entry: Path) -> tuple[Int8Report, dict[str, bytes]] | None:
+    """A verified cache entry (its report and file bytes), or None (missing, damaged, not matching)."""
+    from safetensors.torch import load as load_tensors
 
     try:
         meta = json.loads((entry / "report.json").read_text(), parse_constant=_refuse_constant)
-        for name in _FILES:
-            if _sha256(entry / name) != meta["sha256"][name]:
+        files = _read_files(entry)
+        for name, data in files.items():
+            if hashlib.sha256(data).hexdigest() != meta["sha256"][name]:
                 raise ValueError(f"{name} does not match its recorded SHA-256")
-        tensors = load_file(str(entry / "holdout.safetensors"))
+        tensors = load_tensors(files["holdout.safetensors"])
         report = Int8Report(**{k: meta["report"][k] for k in (
             "key", "calibration_images", "holdout_images", "calibration_digest", "min_cosine", "mean_cosine",
             "versions", "quantize_seconds")}, holdout_fp32=tensors["fp32"], holdout_int8=tensors["int8"])
@@ -203,7 +215,7 @@ def _read_entry(entry: Path) -> Int8Report | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("the cached int8 model in %s is damaged (%s); quantizing it again", entry, exc)
         return None
-    return report
+    return report, files
 
 
 def _refuse_constant(name: str) -> float:
@@ -240,52 +252,83 @@ def prepare_int8(visual: torch.nn.Module, identity: dict[str, Any], pixels: torc
 
     ``identity`` is the fp32 encoder spec's identity (what the key is made of); the first
     ``split_holdout(len(pixels))`` images calibrate, the rest measure agreement."""
-    import torch
-    from safetensors.torch import save_file
-
     require_runtime()
     versions = runtime_versions()
     digest = pixels_digest(pixels)
     key = model_key(identity, digest, versions)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     entry = root / key
-    report = _read_entry(entry) if entry.exists() else None
-    if report is None:
-        calibrate = split_holdout(len(pixels))
-        log.warning("quantizing the image encoder to int8 on %d images, once (cached in %s)", calibrate, entry)
-        started = time.perf_counter()
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-        try:
-            _quantize(visual, pixels, calibrate, staging)
-            encoder = Int8ImageEncoder(staging / "model.xml", threads)
-            holdout = pixels[calibrate:]
-            with torch.inference_mode():
-                reference = _normalized(visual(holdout))
-            quantized = _normalized(encoder(holdout))
-            cosine = (reference * quantized).sum(-1)
-            save_file({"fp32": reference.contiguous(), "int8": quantized.contiguous()},
-                      str(staging / "holdout.safetensors"))
-            report = Int8Report(key=key, calibration_images=calibrate, holdout_images=len(holdout),
-                                calibration_digest=digest, min_cosine=round(float(cosine.min()), 6),
-                                mean_cosine=round(float(cosine.mean()), 6), versions=versions,
-                                quantize_seconds=round(time.perf_counter() - started, 2),
-                                holdout_fp32=reference, holdout_int8=quantized)
-            meta = {"report": report.to_dict(), "sha256": {name: _sha256(staging / name) for name in _FILES}}
-            (staging / "report.json").write_text(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False))
-            del encoder
-            if entry.exists():  # damaged (or another process finished first): replace it whole
-                shutil.rmtree(entry, ignore_errors=True)
-            os.replace(staging, entry)
-        except OSError as exc:
-            raise EmoclipError(f"cannot write the int8 model cache in {root} ({exc}); free space or set "
-                               f"{INT8_CACHE_ENV} to a writable folder") from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    else:
-        log.info("int8 image encoder from the cache (%s)", entry)
+    with _quantizing(root, key):  # one process quantizes; the others (Ray actors) wait, then read it
+        found = _read_entry(entry) if entry.exists() else None
+        if found is None:
+            _quantize_into(entry, visual, pixels, key, digest, versions, threads)
+            found = _read_entry(entry)
+            if found is None:
+                raise EmoclipError(f"the int8 model just written to {entry} does not read back; check the disk, "
+                                   f"or set {INT8_CACHE_ENV} to another folder")
+        else:
+            log.info("int8 image encoder from the cache (%s)", entry)
+    report, files = found
     check_agreement(report)
-    return Int8ImageEncoder(entry / "model.xml", threads), report
+    return Int8ImageEncoder(files, threads), report
+
+
+@contextlib.contextmanager
+def _quantizing(root: Path, key: str):
+    """An exclusive lock per quantized model (``<root>/<key>.lock``), so concurrent processes given
+    the same calibration make it once and all run the very same file."""
+    import fcntl
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / f"{key}.lock", "a+")  # noqa: SIM115 - held for the block
+    except OSError as exc:
+        raise EmoclipError(f"cannot use the int8 model cache {root} ({exc}); set {INT8_CACHE_ENV} to a writable "
+                           "folder") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _quantize_into(entry: Path, visual: torch.nn.Module, pixels: torch.Tensor, key: str, digest: str,
+                   versions: dict[str, str], threads: int | None) -> Int8Report:
+    """Quantize, measure held-out agreement, and switch the verified entry into place whole."""
+    import torch
+    from safetensors.torch import save_file
+
+    root = entry.parent
+    calibrate = split_holdout(len(pixels))
+    log.warning("quantizing the image encoder to int8 on %d images, once (cached in %s)", calibrate, entry)
+    started = time.perf_counter()
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    try:
+        _quantize(visual, pixels, calibrate, staging)
+        encoder = Int8ImageEncoder({name: (staging / name).read_bytes() for name in _FILES[:2]}, threads)
+        holdout = pixels[calibrate:]
+        with torch.inference_mode():
+            reference = _normalized(visual(holdout))
+        quantized = _normalized(encoder(holdout))
+        cosine = (reference * quantized).sum(-1)
+        save_file({"fp32": reference.contiguous(), "int8": quantized.contiguous()},
+                  str(staging / "holdout.safetensors"))
+        report = Int8Report(key=key, calibration_images=calibrate, holdout_images=len(holdout),
+                            calibration_digest=digest, min_cosine=round(float(cosine.min()), 6),
+                            mean_cosine=round(float(cosine.mean()), 6), versions=versions,
+                            quantize_seconds=round(time.perf_counter() - started, 2),
+                            holdout_fp32=reference, holdout_int8=quantized)
+        meta = {"report": report.to_dict(), "sha256": {name: _sha256(staging / name) for name in _FILES}}
+        (staging / "report.json").write_text(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False))
+        del encoder
+        if entry.exists():  # damaged (or another process finished first): replace it whole
+            shutil.rmtree(entry, ignore_errors=True)
+        os.replace(staging, entry)
+    except OSError as exc:
+        raise EmoclipError(f"cannot write the int8 model cache in {root} ({exc}); free space or set "
+                           f"{INT8_CACHE_ENV} to a writable folder") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
 
 
 def check_agreement(report: Int8Report) -> None:

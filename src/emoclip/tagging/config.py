@@ -103,9 +103,10 @@ def load_taxonomy_for(config: TaggerConfig, default: str | None = "mikels8") -> 
 
 
 def with_calibration(config: TaggerConfig, items: Sequence[Any]) -> TaggerConfig:
-    """``config`` with the job's own first images as int8 calibration, when int8 is asked for and
-    no ``calibration`` was given. Absolute paths, so a Ray actor or a resume calibrates identically
-    (the same images give the same quantized model, found in the int8 cache by its key)."""
+    """``config`` with the job's own images as int8 calibration, when int8 is asked for and no
+    ``calibration`` was given: images spread evenly over the job (a sorted folder starts with one
+    class), as absolute paths, so a Ray actor or a resume calibrates identically (the same images
+    give the same quantized model, found in the int8 cache by its key)."""
     from emoclip.encoder.int8 import CALIBRATION_IMAGES, HOLDOUT_IMAGES
 
     if config.precision != "int8" or config.calibration:
@@ -116,8 +117,8 @@ def with_calibration(config: TaggerConfig, items: Sequence[Any]) -> TaggerConfig
         path = item if isinstance(item, str | os.PathLike) else getattr(item, "path", None)
         if path is not None and not getattr(item, "error", None):
             paths.append(str(Path(path).absolute()))
-        if len(paths) == wanted:
-            break
+    if len(paths) > wanted:
+        paths = [paths[i * len(paths) // wanted] for i in range(wanted)]
     return config.replace(calibration=tuple(paths) or None)
 
 
