@@ -143,8 +143,8 @@ def test_predict_int8_with_calibration_reports_top1_agreement(calibration, int8_
     for i in range(24):
         smooth_image(seed=900 + i).save(folder / f"j{i:02d}.png")
     out = tmp_path / "rows.jsonl"
-    result = run_cli("-v", "predict", folder, *TINY_CLI, "--precision", "int8", "--decode", "full", "--no-cache", "-o", out,
-                     "--calibration", str(Path(calibration[0]).parent))
+    result = run_cli("-v", "predict", folder, *TINY_CLI, "--precision", "int8", "--decode", "full", "--no-cache",
+                     "-o", out, "--calibration", str(Path(calibration[0]).parent))
     assert result.exit_code == 0, result.output
     assert "top-1 agreement" in result.output and "quantizing" not in result.output  # the cached model
     assert len(out.read_text().splitlines()) == 24
@@ -157,7 +157,8 @@ def test_evaluate_int8_records_the_quantization_and_its_agreement(calibration, i
             smooth_image(seed=hash(label) % 1000 + i).save(root / label / f"{i}.png")
     run = tmp_path / "run"
     result = run_cli("evaluate", "--root", root, "--split", "all", "-t", "emotionroi6", *TINY_CLI,
-                     "--precision", "int8", "--no-cache", "--out", run, "--calibration", str(Path(calibration[0]).parent))
+                     "--precision", "int8", "--no-cache", "--out", run,
+                     "--calibration", str(Path(calibration[0]).parent))
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
     text = json.dumps(metrics)
@@ -185,3 +186,12 @@ def test_predict_int8_killed_and_resumed_is_bit_identical(tmp_path, int8_cache, 
     assert again.returncode == 0 and "resumed" in again.stderr, again.stderr
     assert_identical(read_dir(resumed), read_dir(reference))
     assert len(set(int8_cache.glob("*/model.xml")) - before) == 1  # one quantized model served all three runs
+
+
+def test_int8_without_the_extra_is_one_line_with_the_install_command(monkeypatch, tmp_path):
+    real = int8.importlib.util.find_spec
+    monkeypatch.setattr(int8.importlib.util, "find_spec", lambda name: None if name == "nncf" else real(name))
+    noise_image(seed=1).save(tmp_path / "a.jpg")
+    result = run_cli("predict", tmp_path, *TINY_CLI, "--precision", "int8", "--no-cache")
+    assert result.exit_code == 2
+    assert "emoclip: error: --precision int8 needs nncf; install it with: pip install 'emoclip[int8]'" in result.output
