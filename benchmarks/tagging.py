@@ -1,10 +1,18 @@
 """End-to-end tagging throughput, side by side in one run: the plain open_clip loop, emoclip's
-defaults, and emoclip exact.
+defaults, emoclip exact, and each other runtime of the encoder.
 
 - naive: what a user writes with open_clip alone — fp32, every pixel decoded, one image at a time;
 - emoclip defaults: ``build_tagger(TaggerConfig(...))`` as `emoclip predict` runs it (precision
   ``auto``: bf16 only where this CPU measurably runs it faster; JPEG draft decoding);
-- emoclip exact: the same with ``precision=fp32, decode=full``.
+- emoclip exact: the same with ``precision=fp32, decode=full``;
+- emoclip bf16 (CPUs with native bf16) and emoclip int8 (OpenVINO + NNCF, the ``int8`` extra;
+  calibrated on the run's own images as `emoclip predict` does, quantized once before timing, in a
+  fresh int8 cache), both with draft decoding like the defaults.
+
+The ceiling of item "pipeline at its ceiling" is ``1 / (encoder + decode / cores)``: the encoder's
+time per image at batch 16 (all cores) plus the decoding time per image (one thread) shared over
+the cores, both measured in this run for the default path's precision and decode mode;
+``ceiling_fraction`` is the default path's images/s over it.
 
 Each runs in a fresh process (its own peak memory), ViT-B-32 with random weights (the compute of
 the pretrained model), without the feature cache (a cache would make the comparison meaningless).
@@ -12,9 +20,11 @@ the pretrained model), without the feature cache (a cache would make the compari
     python benchmarks/tagging.py                 # Emotion6 (../shared/datasets/emotion6/images), 200 images
     python benchmarks/tagging.py --photos 48     # 48 synthesised 12-megapixel JPEGs (what phones write)
 
-Agreement is the share of images whose top-1 label under the defaults equals exact fp32's; the
-minimum cosine is between their image features. The last line:
-speedup_vs_naive=X images_per_s=Y top1_agreement=A peak_rss_mb=M precision=P decode=D cpu=KIND
+Agreement is the share of images whose top-1 label under the defaults (or int8) equals exact
+fp32's; the minimum cosine is between their image features. The last line:
+speedup_vs_naive=X images_per_s=Y top1_agreement=A peak_rss_mb=M precision=P decode=D
+int8_vs_best=R int8_top1_agreement=A int8_min_cosine=C ceiling_fraction=F runtime=… cpu=KIND
+(int8_vs_best: int8 images/s over the best non-int8 row of the run.)
 """
 
 from __future__ import annotations
@@ -111,16 +121,21 @@ class _Recording:
         return self.inner.logits(features)
 
 
-def emoclip_tagging(paths: list[str], out: str, device: str, options: dict) -> dict:
+def emoclip_tagging(paths: list[str], out: str, device: str, options: dict, int8_cache: str | None = None) -> dict:
     """emoclip's own path: build_tagger(TaggerConfig) and Tagger.tag, as `emoclip predict` runs it."""
     import torch
 
-    from emoclip.tagging.config import TaggerConfig, build_tagger
+    from emoclip.tagging.config import TaggerConfig, build_tagger, with_calibration
     from emoclip.tagging.writers import open_writer
 
+    if int8_cache:
+        os.environ["EMOCLIP_INT8_CACHE"] = int8_cache
     config = TaggerConfig(model=MODEL, pretrained="random", device=device, taxonomy="emotionroi6",
                           templates=TEMPLATE, no_cache=True, **options)
+    config = with_calibration(config, paths)  # int8: the job's own images calibrate, as in `emoclip predict`
+    built = time.perf_counter()
     tagger = build_tagger(config)
+    build_seconds = time.perf_counter() - built
     recording = _Recording(tagger.classifier)
     tagger.classifier = recording
     labels = []
@@ -131,32 +146,46 @@ def emoclip_tagging(paths: list[str], out: str, device: str, options: dict) -> d
             labels.append(row.label)
     seconds = time.perf_counter() - started
     spec = tagger.backbone.spec
+    report = tagger.backbone.int8_report
     return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "labels": labels, "precision": spec.precision,
-            "decode": spec.decode, "features": torch.cat(recording.features).numpy()}
+            "decode": spec.decode, "features": torch.cat(recording.features).numpy(), "build_seconds": build_seconds,
+            "int8": report.to_dict() if report else None}
 
 
-def profile(paths: list[str], device: str) -> dict:
+def profile(paths: list[str], device: str, precisions: list[str], int8_cache: str | None = None) -> dict:
     """Where the time goes, per stage (ms per image): decoding+preprocessing one at a time in each
-    mode, and the image encoder alone at the CPU batch size in each precision."""
+    mode (all of ``paths``), and the image encoder alone at the CPU batch size in each precision
+    (best of 3 after a warm-up; int8 from the model the int8 row quantized)."""
     import torch
 
     from emoclip.encoder.backbone import load_backbone
     from emoclip.encoder.decode import load_rgb
 
-    sample = paths[: min(len(paths), 16)]
+    if int8_cache:
+        os.environ["EMOCLIP_INT8_CACHE"] = int8_cache
     result = {}
     backbone = load_backbone(MODEL, "random", device)
     for mode, draft in (("full", None), ("draft", backbone.spec.input_size)):
         started = time.perf_counter()
-        pixels = [backbone.preprocess(load_rgb(p, draft=draft)) for p in sample]
-        result[f"decode_{mode}_ms"] = 1000 * (time.perf_counter() - started) / len(sample)
-    batch = torch.stack(pixels)
-    for precision in ("fp32", "bf16"):
-        encoder = backbone if precision == "fp32" else load_backbone(MODEL, "random", device, precision=precision)
+        pixels = [backbone.preprocess(load_rgb(p, draft=draft)) for p in paths]
+        result[f"decode_{mode}_ms"] = 1000 * (time.perf_counter() - started) / len(paths)
+    batch = torch.stack(pixels[:16])
+    for precision in precisions:
+        if precision == "fp32":
+            encoder = backbone
+        else:
+            from emoclip.tagging.config import TaggerConfig, load_backbone_for, with_calibration
+
+            config = with_calibration(TaggerConfig(model=MODEL, pretrained="random", device=device,
+                                                   precision=precision, decode="draft"), paths)
+            encoder = load_backbone_for(config)
         encoder.encode_pixels(batch)  # warm-up: kernels and weight reorders
-        started = time.perf_counter()
-        encoder.encode_pixels(batch)
-        result[f"encode_{precision}_ms"] = 1000 * (time.perf_counter() - started) / len(batch)
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            encoder.encode_pixels(batch)
+            best = min(best, time.perf_counter() - started)
+        result[f"encode_{precision}_ms"] = 1000 * best / len(batch)
     return result
 
 
@@ -167,6 +196,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=None, metavar="N",
                         help="instead, synthesise N 12-megapixel JPEGs in a temporary folder")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-int8", dest="int8", action="store_false", help="leave out the int8 row")
     args = parser.parse_args()
 
     from emoclip.core.hardware import cpu_info, describe
@@ -189,14 +219,26 @@ def main() -> None:
     print(describe())
     print(f"{MODEL} (random weights), device {args.device}, no feature cache; each variant in a fresh process")
 
+    import importlib.util
+
+    has_int8 = args.int8 and all(importlib.util.find_spec(m) for m in ("openvino", "nncf"))
+    int8_cache = f"{work}/int8"  # a fresh cache: the int8 row quantizes once, before its timing starts
     slow = in_fresh_process(naive, paths, f"{work}/naive.csv", args.device)
     fast = in_fresh_process(emoclip_tagging, paths, f"{work}/defaults.csv", args.device, {})
     exact = in_fresh_process(emoclip_tagging, paths, f"{work}/exact.csv", args.device,
                              {"precision": "fp32", "decode": "full"})
-    stages = in_fresh_process(profile, paths, args.device)
+    runs = {"naive": slow, "defaults": fast, "exact": exact}
+    if args.device == "cpu" and cpu_info().native_bf16 and fast["precision"] != "bf16":
+        runs["bf16"] = in_fresh_process(emoclip_tagging, paths, f"{work}/bf16.csv", args.device,
+                                        {"precision": "bf16", "decode": "draft"})
+    if has_int8 and args.device == "cpu":
+        runs["int8"] = in_fresh_process(emoclip_tagging, paths, f"{work}/int8.csv", args.device,
+                                        {"precision": "int8", "decode": "draft"}, int8_cache)
+    precisions = sorted({"fp32", fast["precision"], *(r["precision"] for r in runs.values() if "precision" in r)})
+    stages = in_fresh_process(profile, paths, args.device, precisions, int8_cache)
 
     n = len(paths)
-    rates = {name: n / run["seconds"] for name, run in (("naive", slow), ("defaults", fast), ("exact", exact))}
+    rates = {name: n / run["seconds"] for name, run in runs.items()}
     agreement = sum(a == b for a, b in zip(fast["labels"], exact["labels"], strict=True)) / n
     exact_vs_naive = sum(a == b for a, b in zip(exact["labels"], slow["labels"], strict=True)) / n
     cosine = float((fast["features"] * exact["features"]).sum(1).min())
@@ -209,12 +251,41 @@ def main() -> None:
           f"{rates['defaults']:6.2f} images/s ({rates['defaults'] / rates['naive']:.2f}x), "
           f"peak RSS {fast['peak_rss_mb']:.0f} MB, top-1 agreement with exact {100 * agreement:.1f}%, "
           f"min feature cosine {cosine:.5f}")
+    for name in ("bf16", "int8"):
+        if name in runs:
+            run = runs[name]
+            agree = sum(a == b for a, b in zip(run["labels"], exact["labels"], strict=True)) / n
+            print(f"emoclip {name} ({run['decode']} decode):{' ' * 31}{rates[name]:6.2f} images/s "
+                  f"({rates[name] / rates['naive']:.2f}x), peak RSS {run['peak_rss_mb']:.0f} MB, top-1 agreement "
+                  f"with exact {100 * agree:.1f}%, min feature cosine "
+                  f"{float((run['features'] * exact['features']).sum(1).min()):.5f}")
+    int8_fields = "int8_vs_best=n/a int8_top1_agreement=n/a int8_min_cosine=n/a"
+    if "int8" in runs:
+        run = runs["int8"]
+        best_other = max(rate for name, rate in rates.items() if name != "int8")
+        report = run["int8"]
+        print(f"int8 quantization: {run['build_seconds']:.1f} s to build the tagger (quantizing once on "
+              f"{report['calibration_images']} of the run's images); held-out ({report['holdout_images']} images) "
+              f"min cosine {report['min_cosine']:.5f}, top-1 agreement {report['top1_agreement']}")
+        int8_agree = sum(a == b for a, b in zip(run["labels"], exact["labels"], strict=True)) / n
+        int8_cos = float((run["features"] * exact["features"]).sum(1).min())
+        int8_fields = (f"int8_vs_best={rates['int8'] / best_other:.2f} int8_top1_agreement={int8_agree:.3f} "
+                       f"int8_min_cosine={int8_cos:.5f}")
+    elif args.int8:
+        print("no int8 row: OpenVINO/NNCF are not installed (pip install 'emoclip[int8]')")
     print("profile, ms per image: " + ", ".join(f"{k[:-3]} {v:.1f}" for k, v in stages.items())
-          + " (decoding one at a time; encoder at batch 16 after a warm-up)")
+          + " (decoding one at a time; encoder at batch 16, best of 3 after a warm-up)")
+    cores = os.cpu_count() or 1
+    ceiling = 1000 / (stages[f"encode_{fast['precision']}_ms"] + stages[f"decode_{fast['decode']}_ms"] / cores)
+    print(f"ceiling of the default path ({fast['precision']}, {fast['decode']}): 1 / (encoder "
+          f"{stages['encode_' + fast['precision'] + '_ms']:.1f} ms + decode "
+          f"{stages['decode_' + fast['decode'] + '_ms']:.1f} ms / {cores} cores) = {ceiling:.1f} images/s")
     kind = cpu_info().kind if args.device == "cpu" else args.device
+    runtime = "openvino" if fast["precision"] == "int8" else "torch"
     print(f"speedup_vs_naive={rates['defaults'] / rates['naive']:.2f} images_per_s={rates['defaults']:.1f} "
           f"top1_agreement={agreement:.3f} peak_rss_mb={fast['peak_rss_mb']:.0f} precision={fast['precision']} "
-          f"decode={fast['decode']} cpu={kind}")
+          f"decode={fast['decode']} {int8_fields} ceiling_fraction={rates['defaults'] / ceiling:.2f} "
+          f"runtime={runtime} cpu={kind}")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,13 @@ def _remember_bart(ctx: click.Context, _param, value):
     return value
 
 
+def calibration_option(func: Callable) -> Callable:
+    """--calibration: the images that calibrate --precision int8 (predict, evaluate, serve)."""
+    return click.option("--calibration", multiple=True, type=click.Path(exists=True), metavar="PATH",
+                        help="--precision int8: images (files or folders, repeatable) whose activations calibrate "
+                             "the quantized encoder; default: images spread over the job.")(func)
+
+
 def taxonomy_options(func: Callable) -> Callable:
     options = [
         click.option("--taxonomy", "-t", default=None,

@@ -7,6 +7,7 @@ import click
 from emoclip.cli.common import (
     backbone_options,
     cache_options,
+    calibration_option,
     dataset_options,
     exit_if_lost,
     handle_errors,
@@ -30,6 +31,7 @@ from emoclip.cli.common import (
 @backbone_options
 @cache_options
 @speed_options(precision="fp32", decode="full")
+@calibration_option
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run folder to write.")
 @click.option("--name", default=None, help="Row label in `emoclip aggregate` (default: the method).")
 @click.option("--seed", default=0, show_default=True, help="Recorded with the run (aggregate groups seeds).")
@@ -40,11 +42,11 @@ from emoclip.cli.common import (
 @handle_errors
 def evaluate(root, split_file, manifests, layout, fold, label_file, votes, split, taxonomy, checkpoint, labels,
              templates, synonyms, label_taxonomy, via, also, model, pretrained, device, cache_dir, no_cache,
-             decode, precision, out, name, seed, batch_size, workers, mistakes) -> None:
+             decode, precision, calibration, out, name, seed, batch_size, workers, mistakes) -> None:
     """Score a model on a dataset split; write metrics.json, plots and report.md to --out."""
     from pathlib import Path
 
-    from emoclip.tagging.config import build_classifier, open_cache, preflight
+    from emoclip.tagging.config import build_classifier, open_cache, preflight, with_calibration
 
     preflight(tagger_config(checkpoint, pretrained=pretrained, model=model))
 
@@ -52,11 +54,15 @@ def evaluate(root, split_file, manifests, layout, fold, label_file, votes, split
     from emoclip.evaluation.report import write_run
     from emoclip.labels.taxonomy import load_taxonomy
 
-    data = open_dataset_from_options(root, split_file, manifests, layout, fold, label_file, votes).split(split)
+    everything = open_dataset_from_options(root, split_file, manifests, layout, fold, label_file, votes)
+    data = everything.split(split)
     if via == "prompts" and label_taxonomy:
         taxonomy = label_taxonomy  # prompt (or view) directly with the labels' taxonomy
     config = tagger_config(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, precision,
-                           decode, cache_dir, no_cache)
+                           decode, cache_dir, no_cache, calibration=tuple(calibration) or None)
+    # int8 calibrates on images outside the scored split where the data has them (no labels are used)
+    others = [s.path for s in everything.samples if s.split not in (split, None)] if split != "all" else []
+    config = with_calibration(config, others or data.paths)
     backbone, classifier = build_classifier(config)
     model_tax = classifier.taxonomy
     label_tax = load_taxonomy(label_taxonomy) if label_taxonomy else model_tax
@@ -68,7 +74,7 @@ def evaluate(root, split_file, manifests, layout, fold, label_file, votes, split
            "dataset": data.name, "split": split, "dataset_label": data.name.split(":")[0],
            "data_source": data.source, "fold": data.extra.get("fold"),
            "backbone": backbone.record(), "taxonomy": model_tax.name, "label_taxonomy": label_tax.name,
-           "via": via}
+           "via": via, **({"int8": backbone.int8_report.to_dict()} if backbone.int8_report else {})}
     write_run(result, run, Path(out), mistakes)
     m = result.metrics
     coarse = "".join(f"  {lvl}-acc={100 * cm['accuracy']:.2f}" for lvl, cm in m["coarse"].items())

@@ -8,6 +8,7 @@ import click
 
 from emoclip.cli.common import (
     backbone_options,
+    calibration_option,
     handle_errors,
     log,
     speed_options,
@@ -34,6 +35,7 @@ def serve_cache_options(func):
 @backbone_options
 @serve_cache_options
 @speed_options(precision="auto", decode="draft")  # the same defaults as predict
+@calibration_option
 @click.option("--top-k", "-k", default=3, show_default=True, type=click.IntRange(min=1), help="Top labels per image.")
 @click.option("--also", multiple=True, help="Coarser level to add (e.g. polarity); default: every level.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Decoding threads (default: CPUs).")
@@ -41,7 +43,7 @@ def serve_cache_options(func):
               help="Refuse larger images (422) as possible decompression bombs.")
 @serve_options
 @handle_errors
-def serve(top_k, also, workers, max_pixels, **options) -> None:
+def serve(top_k, also, workers, max_pixels, calibration, **options) -> None:
     """Serve tagging over HTTP: a JSON API (POST /v1/predict) and a web page at /.
 
     Loads the model once; concurrent requests share encoder batches. Listens on 127.0.0.1:8000
@@ -57,5 +59,6 @@ def serve(top_k, also, workers, max_pixels, **options) -> None:
     except ImportError as exc:
         raise EmoclipError(f"emoclip serve needs {exc.name}; install it with: pip install 'emoclip[serve]'") from None
     config = tagger_config(**options, top_k=top_k, also=tuple(also) or None, batch_size=settings.max_batch,
-                     workers=workers, max_pixels=max_pixels)
+                           calibration=tuple(calibration) or None,
+                           workers=workers, max_pixels=max_pixels)
     run_service(config, settings, "info" if log.level <= logging.INFO else "warning")

@@ -11,6 +11,7 @@ from emoclip.cli.common import (
     EXIT_SOME_FAILED,
     backbone_options,
     cache_options,
+    calibration_option,
     handle_errors,
     log,
     scale_options,
@@ -27,6 +28,7 @@ from emoclip.core.errors import EmoclipError
 @backbone_options
 @cache_options
 @speed_options(precision="auto", decode="draft")
+@calibration_option
 @click.option("--top-k", "-k", default=3, show_default=True, type=click.IntRange(min=1),
               help="How many top labels to list per image.")
 @click.option("--also", "also", multiple=True,
@@ -46,8 +48,8 @@ from emoclip.core.errors import EmoclipError
 @scale_options
 @handle_errors
 def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pretrained, device, cache_dir, no_cache,
-            decode, precision, top_k, also, fmt, output, batch_size, workers, max_pixels, multi, progress, files_from,
-            path_column, output_dir, **scale) -> None:
+            decode, precision, calibration, top_k, also, fmt, output, batch_size, workers, max_pixels, multi,
+            progress, files_from, path_column, output_dir, **scale) -> None:
     """Tag images (files, folders searched recursively, globs, WebDataset tar shards such as
     'shards/{00000..00099}.tar', or --files-from a list) with emotions.
 
@@ -56,26 +58,27 @@ def predict(paths, taxonomy, checkpoint, labels, templates, synonyms, model, pre
     exit status is then 1, after every other row is written. With --output-dir, rows go to Parquet
     shards committed one by one: rerun the same command after an interruption to resume.
     """
-    from emoclip.tagging.config import build_tagger, preflight
+    from emoclip.tagging.config import build_tagger, preflight, with_calibration
 
     config = tagger_config(checkpoint, taxonomy, labels, templates, synonyms, model, pretrained, device, precision,
                            decode, cache_dir, no_cache, top_k=top_k, also=tuple(also) or None, batch_size=batch_size,
-                           workers=workers, max_pixels=max_pixels, multi=multi)
+                           workers=workers, max_pixels=max_pixels, multi=multi,
+                           calibration=tuple(calibration) or None)
     preflight(config)
     from tqdm import tqdm
 
     from emoclip.tagging.inputs import collect_inputs, iter_tagged, refuse_output_among_inputs
 
     started = time.perf_counter()
+    inputs = collect_inputs(paths, files_from, path_column)
+    config = with_calibration(config, inputs.items)  # int8: the job's own images calibrate
     if output_dir:  # shards.run_sharded refuses a folder of another job before torch is imported
-        return _predict_sharded(config, collect_inputs(paths, files_from, path_column), output_dir, output, progress,
-                                **scale)
+        return _predict_sharded(config, inputs, output_dir, output, progress, **scale)
     from emoclip.tagging.writers import choose_format, open_writer  # imports torch (through the Tagger)
 
     if scale["engine"] != "local" or scale["save_features"]:
         raise EmoclipError("--engine ray and --save-features write Parquet shards; give --output-dir DIR")
     fmt = choose_format(fmt, output)
-    inputs = collect_inputs(paths, files_from, path_column)
     refuse_output_among_inputs(inputs, output)
     images = inputs.items
     tagger = build_tagger(config)

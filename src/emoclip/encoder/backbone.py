@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import open_clip
 import torch
@@ -75,6 +75,10 @@ class Backbone:
     weights: WeightsSource
     spec: EncoderSpec
     source: dict[str, Any] = field(default_factory=dict)  # provenance: tag, hub repo + revision, or file path
+    # precision int8: the OpenVINO image tower (int8.py) that replaces model.encode_image, and its
+    # quantization report (calibration, held-out agreement with fp32)
+    image_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None
+    int8_report: Any = None
 
     # -- identity -------------------------------------------------------------------------------
     @property
@@ -134,6 +138,8 @@ class Backbone:
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """L2-normalised image features (B × D, float32, on the CPU) of preprocessed pixels."""
+        if self.image_encoder is not None:
+            return F.normalize(self.image_encoder(pixels), dim=-1)
         dtype = torch_dtype(self.spec.precision)
         features = self.model.encode_image(pixels.to(self.device, dtype, non_blocking=True)).float()
         return F.normalize(features, dim=-1).cpu()
@@ -414,9 +420,36 @@ def make_preprocess(config: dict[str, Any]) -> Callable[[Image.Image], torch.Ten
     return image_transform_v2(PreprocessCfg(**config), is_train=False)
 
 
+def _calibration_pixels(sources: Sequence[Any], preprocess: Callable, spec: EncoderSpec) -> torch.Tensor:
+    """The calibration images decoded exactly as the job decodes them (the spec's decode mode)."""
+    from emoclip.encoder.decode import as_source, load_rgb
+    from emoclip.encoder.int8 import calibration_pixels
+
+    def decode(source: Any) -> torch.Tensor:
+        return preprocess(load_rgb(as_source(source), draft=spec.draft_size, resize_to=spec.input_size))
+
+    return calibration_pixels(sources, decode)
+
+
+def _with_int8(backbone: Backbone, calibration: Sequence[Any] | None, int8_cache: str | None) -> Backbone:
+    """The backbone with its image tower quantized to int8 (from the int8 cache, or made now)."""
+    from emoclip.encoder.int8 import prepare_int8, require_runtime
+
+    require_runtime()
+    if not calibration:
+        raise EmoclipError("--precision int8 needs calibration images: give --calibration DIR (a folder of "
+                           "typical images), or tag a folder so its first images calibrate")
+    pixels = _calibration_pixels(calibration, backbone.preprocess, backbone.spec)
+    visual = cast(torch.nn.Module, backbone.model.visual)  # nn.Module.__getattr__ is typed Tensor | Module
+    encoder, report = prepare_int8(visual, backbone.spec.identity(), pixels, int8_cache)
+    spec = backbone.spec.replace(precision="int8", quantization=report.key)
+    return replace(backbone, spec=spec, image_encoder=encoder, int8_report=report)
+
+
 def load_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
                   device: str | torch.device = "auto", cache_dir: str | None = None, precision: str = "fp32",
-                  decode: str = "full") -> Backbone:
+                  decode: str = "full", calibration: Sequence[Any] | None = None,
+                  int8_cache: str | None = None) -> Backbone:
     """Load a frozen CLIP backbone.
 
     ``pretrained`` is an open_clip tag (``openai``), a weights file path, or ``random``. When the
@@ -424,6 +457,9 @@ def load_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_P
     supply them (``--pretrained PATH`` or the ``EMOCLIP_PRETRAINED`` environment variable).
     ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``; see precision.py) is the image encoder's
     number format; ``decode`` (``full``, ``draft``) how images are decoded. Both are in ``spec``.
+    ``int8`` quantizes the image tower with OpenVINO + NNCF (int8.py), calibrated on the images
+    ``calibration`` names (paths or image bytes; the first decodable ones are used), cached in
+    ``int8_cache`` (default ``~/.cache/emoclip/int8``).
     """
     check_precision(precision)
     check_decode(decode)
@@ -440,10 +476,12 @@ def load_backbone(model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_P
     preprocess_cfg: dict[str, Any] = clip.visual.preprocess_cfg  # type: ignore[assignment]  # nn.Module getattr
     preprocess = make_preprocess(preprocess_cfg)
     tokenizer = open_clip.get_tokenizer(model)
-    spec = EncoderSpec.create(model, built.weights_id, preprocess_cfg, decode, resolved,
+    torch_precision = "fp32" if resolved == "int8" else resolved
+    spec = EncoderSpec.create(model, built.weights_id, preprocess_cfg, decode, torch_precision,
                               activation=QUICK_GELU if built.quick_gelu else GELU)
-    return Backbone(model=clip, tokenizer=tokenizer, preprocess=preprocess, device=torch_device,
-                    model_name=model, weights=source, spec=spec, source=built.source)
+    backbone = Backbone(model=clip, tokenizer=tokenizer, preprocess=preprocess, device=torch_device,
+                        model_name=model, weights=source, spec=spec, source=built.source)
+    return _with_int8(backbone, calibration, int8_cache) if resolved == "int8" else backbone
 
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_PRETRAINED", "WEIGHTS_ENV", "Backbone", "available_models",

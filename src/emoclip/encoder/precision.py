@@ -37,8 +37,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("emoclip")
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-RESOLVED = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+RESOLVED = ("fp32", "bf16", "fp16", "int8")
+# int8 is the image tower quantized by OpenVINO + NNCF (int8.py); torch keeps its fp32 weights for
+# the text encoder and the agreement check, so the torch dtype of int8 is float32.
 CUDA_AUTO = "fp16"
 PRECISION_CACHE_ENV = "EMOCLIP_PRECISION_CACHE"
 # bf16 must beat fp32 by this factor in the probe: a tie is not worth the rounding.
@@ -51,7 +53,8 @@ PROBE_ROUNDS = 5
 def torch_dtype(precision: str) -> torch.dtype:
     import torch
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[check_precision(precision)]
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+            "int8": torch.float32}[check_precision(precision)]
 
 
 def check_precision(precision: str) -> str:
@@ -136,6 +139,8 @@ def resolve_precision(requested: str, device: torch.device | str, info: CpuInfo 
     """``requested`` (auto or a format) on ``device`` → the format the encoder runs in."""
     check_precision(requested)
     kind = device if isinstance(device, str) else device.type
+    if requested == "int8" and kind != "cpu":
+        raise EmoclipError(f"--precision int8 runs on the CPU (OpenVINO), not on {kind}; on CUDA use fp16")
     if requested != "auto":
         return requested
     if kind == "cuda":

@@ -6,8 +6,9 @@ is. The decoding pipeline reads its decode mode from it, the feature cache keys 
 (``model.json``) and run reports (``metrics.json``) record it, so they can never disagree; a new
 speed option that changes features is a new field here and every one of them follows.
 
-(The spec has no quantisation field: the only quantisation emoclip had, torch.ao dynamic int8, was
-removed — see the README's performance section. A maintained one would be one more field.)
+``precision="int8"`` is the image tower quantized by OpenVINO + NNCF (int8.py); ``quantization``
+then names the quantized model (a hash of the weights, preprocessing, calibration pixels and library
+versions), so int8 features of two calibrations, or int8 and fp32 features, never mix.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ class EncoderSpec:
     weights: str               # the weights' identity: sha256:<file digest> (tags too), or random-seed0
     preprocess: str            # open_clip's preprocessing config as canonical JSON (frozen, hashable)
     decode: str = "full"       # a key of DECODE_MODES
-    precision: str = "fp32"    # the image encoder's number format: fp32, bf16 or fp16
+    precision: str = "fp32"    # the image encoder's number format: fp32, bf16, fp16 or int8
     activation: str = GELU     # the MLP activation the weights were trained with (ACTIVATIONS)
+    quantization: str = ""     # int8 only: the quantized model's key (int8.model_key)
 
     def __post_init__(self) -> None:
         check_decode(self.decode)
@@ -60,6 +62,8 @@ class EncoderSpec:
         if self.precision not in RESOLVED:
             raise EmoclipError(f"an encoder spec needs a resolved precision ({', '.join(RESOLVED)}), "
                                f"not '{self.precision}'")
+        if (self.precision == "int8") != bool(self.quantization):
+            raise EmoclipError("an int8 encoder spec names its quantized model, and only an int8 spec does")
 
     @classmethod
     def create(cls, model: str, weights: str, preprocess: dict[str, Any], decode: str = "full",
@@ -83,8 +87,14 @@ class EncoderSpec:
         return self.input_size if self.decode == "draft" else None
 
     def identity(self) -> dict[str, Any]:
-        """The spec as plain data: cache metadata, ``model.json`` and ``metrics.json`` record this."""
-        return {**asdict(self), "preprocess": self.preprocess_config}
+        """The spec as plain data: cache metadata, ``model.json`` and ``metrics.json`` record this.
+
+        ``quantization`` appears only when set, so the keys of fp32/bf16/fp16 specs (and the feature
+        caches and checkpoints recorded under them) are the same as before int8 existed."""
+        data = {**asdict(self), "preprocess": self.preprocess_config}
+        if not self.quantization:
+            del data["quantization"]
+        return data
 
     def key(self) -> str:
         """A short hash of the identity: features of specs with different keys never mix."""

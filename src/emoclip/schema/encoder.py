@@ -33,7 +33,8 @@ class EncoderOptions:
                                           f"(benchmarks only); default {DEFAULT_PRETRAINED}, or the checkpoint's")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     precision: str = option("auto", "image encoder number format; auto: bf16 where this CPU measurably runs it "
-                                    "faster, fp16 on CUDA, else fp32", choices=PRECISIONS)
+                                    "faster, fp16 on CUDA, else fp32; int8: quantized with OpenVINO (CPU, the "
+                                    "int8 extra; docs/int8.md)", choices=PRECISIONS)
     decode: str = option("draft", "draft: JPEGs at least twice the model input decode at reduced size (fast on "
                                   "photos, pixels differ slightly); full: exact", choices=tuple(DECODE_MODES))
 

@@ -11,7 +11,11 @@ to a Ray actor or recorded in a manifest and rebuilt there identically.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emoclip.core.options import option, spec_of, validate
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
     from emoclip.labels.taxonomy import Taxonomy
     from emoclip.tagging.tagger import Classifier, Tagger
 
+log = logging.getLogger("emoclip")
 
 @dataclass(frozen=True)
 class TaggerConfig:
@@ -42,6 +47,9 @@ class TaggerConfig:
     device: str = option(TAGGING.device, _HELP["device"])
     precision: str = option(TAGGING.precision, _HELP["precision"], choices=PRECISIONS)
     decode: str = option(TAGGING.decode, _HELP["decode"], choices=tuple(DECODE_MODES))
+    calibration: tuple[str, ...] | None = option(
+        None, "--precision int8: images (files or folders) whose activations calibrate the quantized encoder; "
+              "none: images spread over the job (with_calibration).")
     # the classifier
     checkpoint: str | None = option(None, "A run folder from `emoclip train`; none: zero-shot.")
     bart: str | None = option(None, "Where a UGRIE checkpoint's BART is (a folder or hub name); none: as recorded.")
@@ -105,11 +113,57 @@ def load_taxonomy_for(config: TaggerConfig, default: str | None = "mikels8") -> 
     return load_taxonomy(name) if name else None
 
 
+def with_calibration(config: TaggerConfig, items: Sequence[Any]) -> TaggerConfig:
+    """``config`` with the job's own images as int8 calibration, when int8 is asked for and no
+    ``calibration`` was given: images spread evenly over the job (a sorted folder starts with one
+    class), as absolute paths, so a Ray actor or a resume calibrates identically (the same images
+    give the same quantized model, found in the int8 cache by its key)."""
+    from emoclip.encoder.int8 import CALIBRATION_IMAGES, HOLDOUT_IMAGES
+
+    if config.precision != "int8" or config.calibration:
+        return config
+    wanted = 2 * (CALIBRATION_IMAGES + HOLDOUT_IMAGES)  # some may not decode
+    paths = []
+    for item in items:  # file paths, or inputs.Item (a local file has .path; tar members have none)
+        path = item if isinstance(item, str | os.PathLike) else getattr(item, "path", None)
+        if path is not None and not getattr(item, "error", None):
+            paths.append(str(Path(path).absolute()))
+    if len(paths) > wanted:
+        paths = [paths[i * len(paths) // wanted] for i in range(wanted)]
+    return config.replace(calibration=tuple(paths) or None)
+
+
+def calibration_sources(config: TaggerConfig) -> list[str] | None:
+    """The calibration images ``config`` names: files as given, folders (and globs) expanded."""
+    if not config.calibration:
+        return None
+    from emoclip.core.files import collect_images
+
+    return [str(path) for path in collect_images(list(config.calibration))]
+
+
 def load_backbone_for(config: TaggerConfig, model: str | None = None, pretrained: str | None = None) -> Backbone:
     from emoclip.encoder.backbone import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_backbone
 
     return load_backbone(model or config.model or DEFAULT_MODEL, pretrained or config.pretrained or DEFAULT_PRETRAINED,
-                         config.device, precision=config.precision, decode=config.decode)
+                         config.device, precision=config.precision, decode=config.decode,
+                         calibration=calibration_sources(config))
+
+
+def check_int8_agreement(backbone: Backbone, classifier: Classifier) -> None:
+    """Top-1 agreement of int8 with fp32 under the job's own taxonomy, on the quantization's held-out
+    images: recorded in the report (metrics.json, logs) and refused below the stated threshold."""
+    report = backbone.int8_report
+    if report is None or report.holdout_fp32 is None:
+        return
+    from emoclip.encoder.int8 import check_agreement
+
+    reference = classifier.logits(report.holdout_fp32).argmax(-1)
+    quantized = classifier.logits(report.holdout_int8).argmax(-1)
+    report.top1_agreement = round(float((reference == quantized).float().mean()), 4)
+    log.info("int8 vs fp32 on %d held-out images: top-1 agreement %.3f, min cosine %.5f",
+             report.holdout_images, report.top1_agreement, report.min_cosine)
+    check_agreement(report)
 
 
 def build_classifier(config: TaggerConfig, backbone: Backbone | None = None) -> tuple[Backbone, Classifier]:
@@ -127,13 +181,17 @@ def build_classifier(config: TaggerConfig, backbone: Backbone | None = None) -> 
             backbone = load_backbone_for(config, config.model or meta["model"],
                                          config.pretrained or meta["pretrained"])
         method = load_checkpoint(config.checkpoint, backbone, config.device, bart=config.bart)
-        return method.backbone, classifier_for(method, load_taxonomy_for(config, default=None))
+        classifier = classifier_for(method, load_taxonomy_for(config, default=None))
+        check_int8_agreement(method.backbone, classifier)
+        return method.backbone, classifier
     from emoclip.methods.zeroshot import ZeroShotClassifier
 
     backbone = backbone or load_backbone_for(config)
     taxonomy = load_taxonomy_for(config)
     assert taxonomy is not None  # the default taxonomy applies
-    return backbone, ZeroShotClassifier(backbone, taxonomy, config.templates, config.synonyms)
+    zero_shot = ZeroShotClassifier(backbone, taxonomy, config.templates, config.synonyms)
+    check_int8_agreement(backbone, zero_shot)
+    return backbone, zero_shot
 
 
 def open_cache(config: TaggerConfig, backbone: Backbone) -> FeatureCache | None:
