@@ -24,7 +24,7 @@ from emoclip.browse.thumbs import ThumbCache
 from emoclip.cli.main import main
 from emoclip.core.errors import EmoclipError
 from emoclip.serve.settings import ServeSettings, check_bind
-from emoclip.tagging.shards import MANIFEST_NAME
+from emoclip.tagging.shards import COMMITS_NAME, MANIFEST_NAME
 from tests.browsing import running_browse, tiny_browser
 from tests.conftest import noise_image
 
@@ -126,13 +126,18 @@ def test_exact_search_is_brute_force_within_the_filter(browser, frame, tiny):
     assert [r["id"] for r in like.rows] == order
 
 
+def commit_only(folder: Path, shards: set[int], log: bytes) -> None:
+    """Rewrite the folder's commit log as if only ``shards`` were committed yet (from the whole ``log``)."""
+    lines = [line for line in log.splitlines(keepends=True)
+             if "shard" not in json.loads(line) or json.loads(line)["shard"] in shards]
+    (folder / COMMITS_NAME).write_bytes(b"".join(lines))
+
+
 def test_approximate_index_finds_the_exact_neighbours_and_follows_new_shards(folder, tiny, tmp_path, frame):
     work = tmp_path / "growing"
     shutil.copytree(folder, work)
-    manifest_path = work / MANIFEST_NAME
-    whole = json.loads(manifest_path.read_text())
-    partial = {**whole, "done": {k: v for k, v in whole["done"].items() if k != "4"}, "complete": False}
-    manifest_path.write_text(json.dumps(partial))               # shard 4 not committed yet
+    whole = (work / COMMITS_NAME).read_bytes()
+    commit_only(work, {0, 1, 2, 3}, whole)                      # shard 4 not committed yet
     approx = tiny_browser(work, tiny, tmp_path / "cache", approx_min_rows=1)
     exact = tiny_browser(work, tiny, tmp_path / "cache2")
     query = Query(like=7, top=10, limit=10)
@@ -142,7 +147,7 @@ def test_approximate_index_finds_the_exact_neighbours_and_follows_new_shards(fol
     # an approximate index may miss a neighbour: at least 9 of the true 10 (the clusters are well apart)
     assert len(set(got) & set(truth)) >= 9
     assert max(got) < 4 * SHARD
-    manifest_path.write_text(json.dumps(whole))                  # shard 4 lands
+    (work / COMMITS_NAME).write_bytes(whole)                     # shard 4 lands
     grown = approx.run(Query(like=4 * SHARD + 3, top=5, limit=5))
     assert len(approx.collection) == ROWS and len(approx.index()) == int(frame["feature"].notna().sum())
     assert grown.rows and grown.rows[0]["id"] != 4 * SHARD + 3
@@ -173,8 +178,8 @@ def test_python_and_cli_give_the_same_rows(folder, tiny, tmp_path, browser):
 @pytest.mark.parametrize("make, message", [
     (lambda p: p, "is not an emoclip shard folder"),
     (lambda p: p / "nothing-here", "is not a folder"),
-    (lambda p: (p / MANIFEST_NAME).write_text('{"emoclip_shards": 1, "sha') and p, "is being written or is damaged"),
-    (lambda p: (p / MANIFEST_NAME).write_text('[1, 2]') and p, "is not an emoclip shard manifest"),
+    (lambda p: (p / MANIFEST_NAME).write_text('{"emoclip_shards": 1, "sha') and p, "is damaged (not valid JSON"),
+    (lambda p: (p / MANIFEST_NAME).write_text('[1, 2]') and p, "is damaged (a JSON list"),
 ])
 def test_bad_folders_are_one_line(tmp_path, make, message):
     target = make(tmp_path)
@@ -266,12 +271,11 @@ def test_the_page_can_compute_missing_features(tmp_path, tiny):
 def test_a_job_that_has_committed_nothing_yet_opens_empty_and_fills(folder, tmp_path, tiny):
     work = tmp_path / "starting"
     shutil.copytree(folder, work)
-    manifest_path = work / MANIFEST_NAME
-    whole = json.loads(manifest_path.read_text())
-    manifest_path.write_text(json.dumps({**whole, "done": {}, "complete": False}))
+    whole = (work / COMMITS_NAME).read_bytes()
+    commit_only(work, set(), whole)
     browser = tiny_browser(work, tiny, tmp_path / "cache")
     assert browser.run(Query()).total == 0 and browser.stats(Query())["rows"] == 0
-    manifest_path.write_text(json.dumps({**whole, "done": {"0": whole["done"]["0"]}, "complete": False}))
+    commit_only(work, {0}, whole)
     assert browser.run(Query(sort="awe")).total == SHARD
     assert browser.describe()["classes"] == CLASSES and browser.describe()["complete"] is False
 

@@ -47,8 +47,11 @@ def test_auto_on_cuda_is_half_precision_and_explicit_choices_are_kept():
     assert resolve_precision("auto", "cuda", EPYC, never_measured) == "fp16"
     for explicit in ("fp32", "bf16", "fp16"):
         assert resolve_precision(explicit, "cpu", EPYC, never_measured) == explicit
-    with pytest.raises(EmoclipError, match="unknown precision 'int8'"):
-        resolve_precision("int8", "cpu", EPYC)
+    assert resolve_precision("int8", "cpu", EPYC, never_measured) == "int8"  # OpenVINO (encoder/int8.py)
+    with pytest.raises(EmoclipError, match="int8 runs on the CPU"):
+        resolve_precision("int8", "cuda", EPYC)
+    with pytest.raises(EmoclipError, match="unknown precision 'int4'"):
+        resolve_precision("int4", "cpu", EPYC)
 
 
 def test_the_measurement_is_remembered_per_machine(tmp_path):

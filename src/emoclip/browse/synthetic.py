@@ -40,7 +40,7 @@ def write_synthetic_folder(folder: str | Path, rows: int, shard_size: int = 1000
 
     from emoclip.labels.taxonomy import load_taxonomy
     from emoclip.tagging.config import TaggerConfig
-    from emoclip.tagging.shards import ShardFolder, ShardLayout, ShardResult, job_options
+    from emoclip.tagging.shards import ORDER_COLUMN, ShardFolder, ShardLayout, ShardResult, job_options
 
     tax = load_taxonomy(taxonomy)
     classes = tuple(tax.names)
@@ -70,6 +70,7 @@ def write_synthetic_folder(folder: str | Path, rows: int, shard_size: int = 1000
         top = probs.argmax(axis=1)
         order = np.argsort(-probs, axis=1)[:, :3]
         data: dict[str, object] = {
+            ORDER_COLUMN: ids,
             "path": [paths[i % len(paths)] if paths else f"/synthetic/images/{i:08d}.jpg" for i in ids],
             "label": [("" if e else classes[t]) for t, e in zip(top, error, strict=True)],
             "probability": np.where(error, np.nan, probs.max(axis=1)),

@@ -39,6 +39,7 @@ import numpy as np
 
 from emoclip.core.atomic import atomic_write_text, pid_alive
 from emoclip.encoder.backbone import Backbone
+from emoclip.encoder.cache_dir import CACHE_ENV, default_cache_dir  # noqa: F401 - public here too
 from emoclip.encoder.decode import DEFAULT_MAX_PIXELS, ImageBytes, ImageSource, as_source
 from emoclip.encoder.pipeline import DEFAULT_BATCH_SIZE, default_workers, image_batch_size, iter_encoded
 
@@ -46,15 +47,6 @@ log = logging.getLogger("emoclip")
 
 # Bump when decoding or preprocessing code changes what features an image gets.
 DECODER_VERSION = 2  # 2: entries keyed by content and batch (batch_keys)
-CACHE_ENV = "EMOCLIP_CACHE_DIR"
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "emoclip" / "features"
-
 
 def content_digest(path: ImageSource) -> str | None:
     """BLAKE2b-128 of the file's bytes, or None if it cannot be read (decoding will say why)."""

@@ -71,7 +71,7 @@ def _git_sha1_of(path: Path) -> str:
 
 
 def _memo_path() -> Path:
-    from emoclip.encoder.cache import default_cache_dir
+    from emoclip.encoder.cache_dir import default_cache_dir
 
     return Path(default_cache_dir()) / VERIFIED_FILE
 
