@@ -10,7 +10,9 @@ Python API (the CLI uses the same code path and the same defaults; see docs/pyth
 
 ``emoclip.train``, ``emoclip.evaluate`` and ``emoclip.load_checkpoint`` run and read experiments;
 ``emoclip.list_methods()``, ``list_recipes()`` and ``list_taxonomies()`` list what there is
-without importing torch. Every name loads on first use, so ``import emoclip`` stays cheap.
+without importing torch; ``emoclip.search(folder, "calm sea", labels=["contentment"])`` queries a
+tagged shard folder as ``emoclip search`` and ``emoclip browse`` do. Every name loads on first use,
+so ``import emoclip`` stays cheap.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ _LAZY = {
     "ZeroShotClassifier": "methods.zeroshot",
     "create_tagger": "api", "evaluate": "api", "list_methods": "api", "list_recipes": "api",
     "list_taxonomies": "api", "load_checkpoint": "api", "train": "api",
+    "search": "browse.query",   # the query of `emoclip search` and the browse page, over a shard folder
 }
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
         load_checkpoint,
         train,
     )
+    from emoclip.browse.query import search
     from emoclip.encoder.backbone import Backbone, load_backbone
     from emoclip.labels.taxonomy import Taxonomy, load_taxonomy, taxonomy_from_labels
     from emoclip.methods.zeroshot import ZeroShotClassifier
@@ -61,4 +65,4 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = ["Backbone", "EmoclipError", "ImageDecodeError", "Prediction", "Tagger", "Taxonomy", "TaxonomyError",
            "WeightsUnavailableError", "ZeroShotClassifier", "__version__", "create_tagger", "evaluate",
            "list_methods", "list_recipes", "list_taxonomies", "load_backbone", "load_checkpoint", "load_taxonomy",
-           "taxonomy_from_labels", "train"]
+           "search", "taxonomy_from_labels", "train"]
