@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,37 +19,21 @@ from click.testing import CliRunner
 from emoclip.browse.query import Query
 from emoclip.cli.main import main
 from tests.browsing import running_browse, tiny_browser
+from tests.chromium import CHROMEDRIVER, CHROMIUM, WAIT_S, headless_chromium
 from tests.conftest import EMOTION6, TINY_CLI
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1200,900"]
 pytestmark = [
     pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="headless Chromium is not installed (./dev/browser)"),
     pytest.mark.skipif(not (EMOTION6 / "images").is_dir(), reason=f"Emotion6 images not found at {EMOTION6}"),
 ]
-WAIT_S = 60
 PER_CLASS = 4
 
 
 @pytest.fixture
 def browser(tmp_path):
-    """Headless Chromium with a throw-away profile (the flags of tests/test_serve_page.py)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='emoclip-chromium-', dir=tmp_path)}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT_S)
-    try:
+    """Headless Chromium with a throw-away profile (tests/chromium.py)."""
+    with headless_chromium(tmp_path) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture

@@ -7,44 +7,26 @@ it can; this test skips, saying why, only where Chromium is absent.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.chromium import CHROMEDRIVER, CHROMIUM, WAIT_S, headless_chromium
 from tests.conftest import noise_image
 from tests.serving import running_service
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
     reason="headless Chromium is not installed (chromium and chromedriver not on PATH); ./dev/browser installs "
            "them with apt-get when run as root")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1200,900"]
-WAIT_S = 60
 MIKELS8 = {"amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness"}
 
 
 @pytest.fixture
 def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    profile = tempfile.mkdtemp(prefix="emoclip-chromium-", dir=tmp_path)
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT_S)
-    try:
+    """Headless Chromium with a throw-away profile (tests/chromium.py)."""
+    with headless_chromium(tmp_path) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _pictures(folder: Path) -> list[Path]:

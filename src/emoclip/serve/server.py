@@ -80,10 +80,16 @@ def serve(config: TaggerConfig, settings: ServeSettings, log_level: str = "warni
     tagger = build_tagger(config)
     pool = TaggerPool(config, tagger, settings.max_taxonomies, settings.max_labels)
     server = make_server(create_app(pool, settings), settings, log_level)
+    run_until_stopped(server, sock, settings, f"serving {url_of(sock)} ({tagger.taxonomy.name}, {{auth}}; "
+                                              "page at /, API docs at /docs)")
+
+
+def run_until_stopped(server: uvicorn.Server, sock: socket.socket, settings: ServeSettings, what: str) -> None:
+    """Listen on ``sock``, say what is served (``{auth}`` in ``what`` says whether a key is needed) and
+    run until SIGTERM/Ctrl-C: the one start-and-stop of ``emoclip serve`` and ``emoclip browse``."""
     sock.listen(server.config.backlog)  # from here on connections queue (for ms) instead of being refused
     auth = "API key required" if settings.auth_required else "no API key"
-    print(f"emoclip: serving {url_of(sock)} ({tagger.taxonomy.name}, {auth}; page at /, API docs at /docs); "
-          "Ctrl-C or SIGTERM stops it", file=sys.stderr, flush=True)
+    print(f"emoclip: {what.format(auth=auth)}; Ctrl-C or SIGTERM stops it", file=sys.stderr, flush=True)
     with sock, exit_quietly_after_stop():
         server.run(sockets=[sock])
     print("emoclip: stopped", file=sys.stderr, flush=True)
