@@ -154,3 +154,19 @@ def make_split_data(folder: Path, per_class: int) -> tuple[Path, Path]:
     split = folder / "split.tsv"
     assert run_cli("split", root, "--ratios", "2,1", "-o", split).exit_code == 0
     return root, split
+
+
+def separable_task(backbone, n_train: int, n_val: int):
+    """Six classes whose features cluster around random directions (seeded): a task any method should
+    learn; ((train features, labels), (val features, labels))."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    centers = F.normalize(torch.randn(6, backbone.feature_dim, generator=g), dim=-1)
+
+    def make(n):
+        y = torch.arange(n) % 6
+        return F.normalize(centers[y] + 0.15 * torch.randn(n, backbone.feature_dim, generator=g), dim=-1), y
+
+    return make(n_train), make(n_val)

@@ -17,6 +17,7 @@ from emoclip.methods import create_method, list_methods
 from emoclip.methods.checkpoint import load_checkpoint, save_checkpoint
 from emoclip.methods.zeroshot import ZeroShotClassifier
 from emoclip.training.trainer import TrainConfig, train
+from tests.conftest import separable_task
 
 TEMPLATE = "a photo seems to express a feeling of {}"
 METHODS = sorted(list_methods())
@@ -30,14 +31,7 @@ def six():
 @pytest.fixture(scope="module")
 def separable(tiny):
     """Six classes whose features cluster around random directions: a task any method should learn."""
-    g = torch.Generator().manual_seed(0)
-    centers = F.normalize(torch.randn(6, tiny.feature_dim, generator=g), dim=-1)
-
-    def make(n):
-        y = torch.arange(n) % 6
-        return F.normalize(centers[y] + 0.15 * torch.randn(n, tiny.feature_dim, generator=g), dim=-1), y
-
-    return make(180), make(60)
+    return separable_task(tiny, 180, 60)
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from emoclip.labels.taxonomy import load_taxonomy
 from emoclip.methods import create_method, list_methods
 from emoclip.training.trainer import TrainConfig, train
+from tests.conftest import separable_task
 
 METHODS = sorted(list_methods())
 # The options under which each method's initial weights are random, or None where they are fixed by
@@ -74,14 +74,7 @@ def test_two_seeds_give_different_initial_weights_and_one_seed_the_same(tiny, si
 
 @pytest.fixture(scope="module")
 def separable(tiny):
-    g = torch.Generator().manual_seed(0)
-    centers = F.normalize(torch.randn(6, tiny.feature_dim, generator=g), dim=-1)
-
-    def make(n):
-        y = torch.arange(n) % 6
-        return F.normalize(centers[y] + 0.15 * torch.randn(n, tiny.feature_dim, generator=g), dim=-1), y
-
-    return make(36), make(12)
+    return separable_task(tiny, 36, 12)
 
 
 def _config(name: str) -> TrainConfig:

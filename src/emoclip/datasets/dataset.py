@@ -219,10 +219,9 @@ def report_label_rows_without_image(label_file: Path, unmatched: Sequence[str], 
                 label_file, root, short_repr(unmatched[0]))
 
 
-def _labels_from_table(label_file: Path, images: Sequence[Path], root: Path, split_of: Callable[[Path], str | None],
-                       report_unmatched: bool = True) -> list[Sample]:
-    """Samples for ``images`` with labels from ``label_file``; unlisted images are an error naming one."""
-    index = ImageIndex(root, images)
+def match_label_rows(index: ImageIndex, label_file: Path) -> tuple[dict[Path, str], list[str], list]:
+    """The label table's rows matched to images through ``index``: {image: label}, the keys that name
+    no image (counted and reported by the callers), and the rows themselves."""
     labels: dict[Path, str] = {}
     unmatched: list[str] = []
     rows = read_label_table(label_file)
@@ -232,6 +231,14 @@ def _labels_from_table(label_file: Path, images: Sequence[Path], root: Path, spl
             labels[found] = label
         else:
             unmatched.append(key)
+    return labels, unmatched, rows
+
+
+def _labels_from_table(label_file: Path, images: Sequence[Path], root: Path, split_of: Callable[[Path], str | None],
+                       report_unmatched: bool = True) -> list[Sample]:
+    """Samples for ``images`` with labels from ``label_file``; unlisted images are an error naming one."""
+    index = ImageIndex(root, images)
+    labels, unmatched, rows = match_label_rows(index, label_file)
     if unmatched and report_unmatched:
         report_label_rows_without_image(label_file, unmatched, len(rows), root)
     unlabelled = [p for p in images if p not in labels]
@@ -386,15 +393,7 @@ def from_kfold(root: Path, fold: int | None = None, label_file: Path | None = No
     table = None
     if label_file is not None:
         assert index is not None
-        table = {}
-        rows = read_label_table(label_file)
-        unmatched = []
-        for key, label in rows:
-            found = index.find(key, str(label_file))
-            if found is not None:
-                table[found] = label
-            else:
-                unmatched.append(key)
+        table, unmatched, rows = match_label_rows(index, label_file)
         if unmatched:  # counted once over all folds (each fold's own pass sees the others' rows)
             report_label_rows_without_image(label_file, unmatched, len(rows), root)
     samples: list[Sample] = []
