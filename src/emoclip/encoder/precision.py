@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from functools import cache
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from emoclip.core.errors import EmoclipError
+from emoclip.encoder.measured import precision_cache_path
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,6 @@ RESOLVED = ("fp32", "bf16", "fp16", "int8")
 # int8 is the image tower quantized by OpenVINO + NNCF (int8.py); torch keeps its fp32 weights for
 # the text encoder and the agreement check, so the torch dtype of int8 is float32.
 CUDA_AUTO = "fp16"
-PRECISION_CACHE_ENV = "EMOCLIP_PRECISION_CACHE"
 # bf16 must beat fp32 by this factor in the probe: a tie is not worth the rounding.
 REQUIRED_SPEEDUP = 1.15
 # The probe's matmul: one ViT-B/32 MLP layer for 8 images (8 x 50 tokens, 768 -> 3072), ~2 GFLOP.
@@ -61,14 +60,6 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise EmoclipError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
     return precision
-
-
-def precision_cache_path() -> Path:
-    """``$EMOCLIP_PRECISION_CACHE``, else ``precision.json`` in the user cache dir (XDG)."""
-    if os.environ.get(PRECISION_CACHE_ENV):
-        return Path(os.environ[PRECISION_CACHE_ENV]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "emoclip" / "precision.json"
 
 
 def machine_key(info: CpuInfo) -> str:
@@ -96,35 +87,18 @@ def measure_bf16_speedup(shape: tuple[int, int, int] = PROBE_SHAPE, rounds: int 
     return best[torch.float32] / best[torch.bfloat16]
 
 
-def _read_memory(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def bf16_speedup(info: CpuInfo, measure: Callable[[], float] = measure_bf16_speedup, path: Path | None = None
                  ) -> float:
     """bf16's measured speedup over fp32 on this machine: remembered in ``path``, else measured and stored."""
-    from emoclip.core.atomic import atomic_write_text
+    from emoclip.encoder.measured import remembered
 
-    path = path or precision_cache_path()
-    key = machine_key(info)
-    memory = _read_memory(path)
-    entry = memory.get(key)
-    if isinstance(entry, dict) and isinstance(entry.get("bf16_speedup"), int | float):
-        return float(entry["bf16_speedup"])
-    speedup = measure()
-    memory[key] = {"cpu": info.model, "bf16_speedup": round(speedup, 3),
-                   "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(memory, indent=2, sort_keys=True) + "\n")
-    except OSError as exc:  # a read-only home only costs the probe next time
-        log.info("could not remember the bf16 probe in %s: %s", path, exc)
-    log.info("bf16 matmul is %.2fx fp32 on this CPU (remembered in %s)", speedup, path)
-    return speedup
+    def probe() -> dict:
+        speedup = measure()
+        log.info("bf16 matmul is %.2fx fp32 on this CPU (remembered in %s)", speedup, path or precision_cache_path())
+        return {"cpu": info.model, "bf16_speedup": round(speedup, 3)}
+
+    entry = remembered(machine_key(info), probe, lambda e: isinstance(e.get("bf16_speedup"), int | float), path)
+    return float(entry["bf16_speedup"])
 
 
 def auto_cpu_precision(info: CpuInfo, speedup: Callable[[CpuInfo], float] = bf16_speedup) -> str:
