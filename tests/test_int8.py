@@ -195,3 +195,17 @@ def test_int8_without_the_extra_is_one_line_with_the_install_command(monkeypatch
     result = run_cli("predict", tmp_path, *TINY_CLI, "--precision", "int8", "--no-cache")
     assert result.exit_code == 2
     assert "emoclip: error: --precision int8 needs nncf; install it with: pip install 'emoclip[int8]'" in result.output
+
+
+def test_int8_in_two_lanes_runs_two_streams_and_agrees_with_one(calibration, int8_cache):
+    from emoclip.encoder.layout import Layout, run_lanes
+    from tests.conftest import assert_close_features
+
+    quantized = load_backbone("tiny", "random", "cpu", precision="int8", calibration=calibration)
+    two = quantized.for_layout(Layout(2, 1))
+    assert two.image_encoder.streams == 2 and quantized.image_encoder.streams == 1
+    assert two.spec == quantized.spec  # the layout is speed only: the same encoder identity
+    pixels = pixels_of(quantized)
+    one = quantized.encode_pixels(pixels)
+    for features in run_lanes(two.encode_pixels, pixels, Layout(2, 1)):  # two requests at once
+        assert_close_features(features, one)

@@ -38,7 +38,8 @@ def serve_cache_options(func):
 @calibration_option
 @click.option("--top-k", "-k", default=3, show_default=True, type=click.IntRange(min=1), help="Top labels per image.")
 @click.option("--also", multiple=True, help="Coarser level to add (e.g. polarity); default: every level.")
-@click.option("--workers", default=None, type=click.IntRange(min=1), help="Decoding threads (default: CPUs).")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Decoding threads (default: each encoder lane decodes its own; one lane: one per CPU).")
 @click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(min=1),
               help="Refuse larger images (422) as possible decompression bombs.")
 @serve_options

@@ -39,7 +39,8 @@ from emoclip.core.errors import EmoclipError
               help="Write to this file (atomically: it appears only when the run completes); default stdout.")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Images per encoder call (default 16 on the CPU, 64 on CUDA).")
-@click.option("--workers", default=None, type=click.IntRange(min=1), help="Decoding threads (default: CPUs).")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Decoding threads (default: each encoder lane decodes its own; one lane: one per CPU).")
 @click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(min=1),
               help="Refuse larger images as possible decompression bombs.")
 @click.option("--multi", type=click.FloatRange(0, 1), default=None, metavar="P",

@@ -79,6 +79,9 @@ class Backbone:
     # quantization report (calibration, held-out agreement with fp32)
     image_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None
     int8_report: Any = None
+    # what layout.py measured for this backbone and the image towers it set up per layout (not
+    # copied by dataclasses.replace: a replaced backbone is another encoder, measured afresh)
+    layouts: dict[Any, Any] = field(init=False, default_factory=dict, repr=False, compare=False)
 
     # -- identity -------------------------------------------------------------------------------
     @property
@@ -134,6 +137,17 @@ class Backbone:
         chunks = [self.model.encode_text(self.tokenize(texts[i:i + TEXT_BATCH])).float()
                   for i in range(0, len(texts), TEXT_BATCH)]
         return F.normalize(torch.cat(chunks), dim=-1).cpu()
+
+    def for_layout(self, layout: Any) -> Backbone:
+        """This backbone set up to encode in ``layout`` (layout.py): torch needs nothing (each lane
+        thread carries its own thread count); an OpenVINO tower is compiled with one stream per lane."""
+        with_streams = getattr(self.image_encoder, "with_streams", None)
+        if with_streams is None or layout.lanes == 1:
+            return self
+        key = ("tower", layout)
+        if key not in self.layouts:
+            self.layouts[key] = replace(self, image_encoder=with_streams(layout.lanes, layout.threads))
+        return cast(Backbone, self.layouts[key])
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:

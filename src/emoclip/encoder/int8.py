@@ -164,25 +164,36 @@ class Int8ImageEncoder:
     the file path: OpenVINO memory-maps a weights file, so a file changed after the check would
     change the running model."""
 
-    def __init__(self, files: dict[str, bytes], threads: int | None = None) -> None:
+    def __init__(self, files: dict[str, bytes], threads: int | None = None, streams: int = 1) -> None:
         import numpy as np
         import openvino
         import torch
 
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
-                                  "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
+        threads = int(threads or torch.get_num_threads())
+        # one stream: lowest latency with every thread; more: that many requests run at once, each on
+        # threads // streams cores (layout.py measures which is faster and passes streams = lanes)
+        config: dict[str, Any] = ({"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads} if streams == 1
+                                  else {"NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": threads * streams})
         core = openvino.Core()
         weights = openvino.Tensor(np.frombuffer(files["model.bin"], dtype=np.uint8).copy())
         self.compiled = core.compile_model(core.read_model(files["model.xml"], weights), "CPU", config)
-        self._lock = threading.Lock()  # one infer request: the service's model thread and Ray actors are serial
+        self.streams = streams
+        self._files = files  # to compile it for another layout (with_streams): the verified bytes, not the file
+        self._requests = threading.local()  # one infer request per calling thread: lanes run at once
+
+    def with_streams(self, streams: int, threads: int) -> Int8ImageEncoder:
+        """The same quantized model compiled for ``streams`` lanes of ``threads`` threads each."""
+        return Int8ImageEncoder(self._files, threads, streams)
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         import numpy as np
         import torch
 
         batch = pixels.detach().to("cpu", torch.float32).contiguous().numpy()
-        with self._lock:
-            output = self.compiled([batch])[0]
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        output = request.infer([batch])[self.compiled.output(0)]
         return torch.from_numpy(np.array(output, dtype=np.float32, copy=True))
 
 

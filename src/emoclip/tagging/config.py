@@ -63,7 +63,8 @@ class TaggerConfig:
     multi: float | None = option(None, "Also list every label with probability >= multi.", min=0, max=1)
     # the pipeline
     batch_size: int | None = option(None, "Images per encoder call (default 16 on the CPU, 64 on CUDA).", min=1)
-    workers: int | None = option(None, "Decoding threads (default: CPUs).", min=1)
+    workers: int | None = option(
+        None, "Decoding threads (default: each encoder lane decodes its own; one lane: one per CPU).", min=1)
     max_pixels: int | None = option(DEFAULT_MAX_PIXELS, "Refuse larger images as possible decompression bombs.",
                                     min=1)
     cache_dir: str | None = option(None, "Feature cache folder (default ~/.cache/emoclip/features).")
@@ -210,6 +211,10 @@ def build_tagger(config: TaggerConfig, backbone: Backbone | None = None) -> Tagg
     if backbone is None:
         preflight(config)
     backbone, classifier = build_classifier(config, backbone)
-    return Tagger(backbone, classifier, top_k=config.top_k, coarse_levels=list(config.also) if config.also else None,
-                  batch_size=config.batch_size, workers=config.workers, max_pixels=config.max_pixels,
-                  cache=open_cache(config, backbone), multi=config.multi)
+    tagger = Tagger(backbone, classifier, top_k=config.top_k, coarse_levels=list(config.also) if config.also else None,
+                    batch_size=config.batch_size, workers=config.workers, max_pixels=config.max_pixels,
+                    cache=open_cache(config, backbone), multi=config.multi)
+    from emoclip.encoder.layout import warm_up
+
+    warm_up(backbone, tagger.batch_size)  # layout measured (once per machine) and lanes warm before the first job
+    return tagger
