@@ -10,9 +10,10 @@ defaults, emoclip exact, and each other runtime of the encoder.
   fresh int8 cache), both with draft decoding like the defaults.
 
 The ceiling of item "pipeline at its ceiling" is ``1 / (encoder + decode / cores)``: the encoder's
-time per image at batch 16 (all cores) plus the decoding time per image (one thread) shared over
-the cores, both measured in this run for the default path's precision and decode mode;
-``ceiling_fraction`` is the default path's images/s over it.
+time per image at batch 16 in the layout it runs in (encoder/layout.py: lanes x threads, all cores
+busy) plus the decoding time per image (one thread, as the pipeline decodes) shared over the cores,
+both measured in this run for a row's precision and decode mode; ``ceiling_fraction`` is the
+default path's images/s over its ceiling, ``int8_ceiling_fraction`` the int8 row's.
 
 Each runs in a fresh process (its own peak memory), ViT-B-32 with random weights (the compute of
 the pretrained model), without the feature cache (a cache would make the comparison meaningless).
@@ -23,7 +24,8 @@ the pretrained model), without the feature cache (a cache would make the compari
 Agreement is the share of images whose top-1 label under the defaults (or int8) equals exact
 fp32's; the minimum cosine is between their image features. The last line:
 speedup_vs_naive=X images_per_s=Y top1_agreement=A peak_rss_mb=M precision=P decode=D
-int8_vs_best=R int8_top1_agreement=A int8_min_cosine=C ceiling_fraction=F runtime=… cpu=KIND
+layout=LxT int8_vs_best=R int8_top1_agreement=A int8_min_cosine=C ceiling_fraction=F
+int8_ceiling_fraction=F runtime=… cpu=KIND
 (int8_vs_best: int8 images/s over the best non-int8 row of the run.)
 """
 
@@ -153,23 +155,28 @@ def emoclip_tagging(paths: list[str], out: str, device: str, options: dict, int8
 
 
 def profile(paths: list[str], device: str, precisions: list[str], int8_cache: str | None = None) -> dict:
-    """Where the time goes, per stage (ms per image): decoding+preprocessing one at a time in each
-    mode (all of ``paths``), and the image encoder alone at the CPU batch size in each precision
-    (best of 3 after a warm-up; int8 from the model the int8 row quantized)."""
-    import torch
-
+    """Where the time goes, per stage (ms per image), each as the pipeline runs it: decoding and
+    preprocessing one image at a time in each mode (all of ``paths``; the per-batch arithmetic
+    included), and the image encoder alone at the CPU batch size in each precision, in the layout
+    (lanes x threads) it runs in here, all lanes busy (best of 5 after 6 warm-up calls; int8 from the model
+    the int8 row quantized). ``layout_<precision>`` names the layout, ``encode_<precision>_1lane_ms``
+    the one-lane figure for comparison."""
     from emoclip.encoder.backbone import load_backbone
-    from emoclip.encoder.decode import load_rgb
+    from emoclip.encoder.layout import encoder_layout, run_lanes, single_lane
+    from emoclip.encoder.pipeline import CPU_BATCH_SIZE, _decode
+    from emoclip.encoder.preprocess import split_preprocess
 
     if int8_cache:
         os.environ["EMOCLIP_INT8_CACHE"] = int8_cache
-    result = {}
+    result: dict = {}
     backbone = load_backbone(MODEL, "random", device)
+    split = split_preprocess(backbone.preprocess)
     for mode, draft in (("full", None), ("draft", backbone.spec.input_size)):
         started = time.perf_counter()
-        pixels = [backbone.preprocess(load_rgb(p, draft=draft)) for p in paths]
+        pixels = [_decode(backbone, split, p, None, draft) for p in paths]
+        batches = [split.batch(pixels[i:i + CPU_BATCH_SIZE]) for i in range(0, len(pixels), CPU_BATCH_SIZE)]
         result[f"decode_{mode}_ms"] = 1000 * (time.perf_counter() - started) / len(paths)
-    batch = torch.stack(pixels[:16])
+    batch = batches[0]
     for precision in precisions:
         if precision == "fp32":
             encoder = backbone
@@ -179,13 +186,18 @@ def profile(paths: list[str], device: str, precisions: list[str], int8_cache: st
             config = with_calibration(TaggerConfig(model=MODEL, pretrained="random", device=device,
                                                    precision=precision, decode="draft"), paths)
             encoder = load_backbone_for(config)
-        encoder.encode_pixels(batch)  # warm-up: kernels and weight reorders
-        best = float("inf")
-        for _ in range(3):
-            started = time.perf_counter()
-            encoder.encode_pixels(batch)
-            best = min(best, time.perf_counter() - started)
-        result[f"encode_{precision}_ms"] = 1000 * best / len(batch)
+        chosen = encoder_layout(encoder, len(batch))
+        for name, layout in ((f"encode_{precision}_ms", chosen), (f"encode_{precision}_1lane_ms", single_lane())):
+            laid = encoder.for_layout(layout)
+            for _ in range(6):  # warm-up: kernels, weight reorders (OpenVINO needs more than one call)
+                run_lanes(laid.encode_pixels, batch, layout)
+            best = float("inf")
+            for _ in range(5):
+                started = time.perf_counter()
+                run_lanes(laid.encode_pixels, batch, layout)
+                best = min(best, (time.perf_counter() - started) / layout.lanes)
+            result[name] = 1000 * best / len(batch)
+        result[f"layout_{precision}"] = str(chosen)
     return result
 
 
@@ -273,18 +285,31 @@ def main() -> None:
                        f"int8_min_cosine={int8_cos:.5f}")
     elif args.int8:
         print("no int8 row: OpenVINO/NNCF are not installed (pip install 'emoclip[int8]')")
-    print("profile, ms per image: " + ", ".join(f"{k[:-3]} {v:.1f}" for k, v in stages.items())
-          + " (decoding one at a time; encoder at batch 16, best of 3 after a warm-up)")
+    times = {k[:-3]: v for k, v in stages.items() if k.endswith("_ms")}
+    layouts = {k[len("layout_"):]: v for k, v in stages.items() if k.startswith("layout_")}
+    print("profile, ms per image: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items())
+          + " (decoding one image at a time, as the pipeline does; encoder at batch 16 in its layout, all lanes "
+            "busy, best of 5 after 6 warm-up calls); layouts (lanes x threads): "
+          + ", ".join(f"{k} {v}" for k, v in layouts.items()))
     cores = os.cpu_count() or 1
-    ceiling = 1000 / (stages[f"encode_{fast['precision']}_ms"] + stages[f"decode_{fast['decode']}_ms"] / cores)
-    print(f"ceiling of the default path ({fast['precision']}, {fast['decode']}): 1 / (encoder "
-          f"{stages['encode_' + fast['precision'] + '_ms']:.1f} ms + decode "
-          f"{stages['decode_' + fast['decode'] + '_ms']:.1f} ms / {cores} cores) = {ceiling:.1f} images/s")
+
+    def ceiling(run: dict) -> float:
+        """1 / (encoder + decode / cores) for a row's precision and decode mode, from this run's profile."""
+        return 1000 / (times[f"encode_{run['precision']}"] + times[f"decode_{run['decode']}"] / cores)
+
+    fractions = {name: rates[name] / ceiling(run) for name, run in runs.items() if "precision" in run}
+    encode_ms, decode_ms = times[f"encode_{fast['precision']}"], times[f"decode_{fast['decode']}"]
+    print(f"ceiling of the default path ({fast['precision']}, {fast['decode']}, layout {layouts[fast['precision']]}): "
+          f"1 / (encoder {encode_ms:.1f} ms + decode {decode_ms:.1f} ms / {cores} cores) = "
+          f"{ceiling(fast):.1f} images/s; share of its ceiling each row reached: "
+          + ", ".join(f"{name} {f:.2f}" for name, f in fractions.items()))
     kind = cpu_info().kind if args.device == "cpu" else args.device
     runtime = "openvino" if fast["precision"] == "int8" else "torch"
+    int8_fraction = f"{fractions['int8']:.2f}" if "int8" in fractions else "n/a"
     print(f"speedup_vs_naive={rates['defaults'] / rates['naive']:.2f} images_per_s={rates['defaults']:.1f} "
           f"top1_agreement={agreement:.3f} peak_rss_mb={fast['peak_rss_mb']:.0f} precision={fast['precision']} "
-          f"decode={fast['decode']} {int8_fields} ceiling_fraction={rates['defaults'] / ceiling:.2f} "
+          f"decode={fast['decode']} layout={layouts[fast['precision']]} {int8_fields} "
+          f"ceiling_fraction={fractions['defaults']:.2f} int8_ceiling_fraction={int8_fraction} "
           f"runtime={runtime} cpu={kind}")
 
 
